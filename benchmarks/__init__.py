@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.<name>`; results are JSON files under benchmarks/results/."""

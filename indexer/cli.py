@@ -1,0 +1,129 @@
+"""`sbir index build|add|info`: command-line front of the indexer.
+
+Registration imports nothing heavy; each handler imports the indexer modules it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+TOKEN_CHOICES = ("fp16", "int8", "none")
+
+
+def register(subparsers: Any) -> None:
+    """Add the `index` command and its `build`, `add` and `info` subcommands."""
+    index = subparsers.add_parser("index", help="build, extend and inspect gallery indexes",
+                                  description="Embed a photo gallery into a FAISS index with a token store.")
+    commands = index.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
+
+    build = commands.add_parser("build", help="embed a gallery into a new index directory")
+    _gallery_arguments(build)
+    build.add_argument("--out", required=True, type=Path, help="index directory to publish (replaced atomically)")
+    build.add_argument("--index-type", metavar="FACTORY", default=None,
+                       help="FAISS factory string (Flat, HNSW32, IVF1024,Flat, IVF4096,PQ48, ...); "
+                            "default by gallery size: Flat < 50k, IVF{4*sqrt(n)},Flat < 2M, else IVF,PQ")
+    build.add_argument("--tokens", choices=TOKEN_CHOICES, default="fp16",
+                       help="token store for relation re-ranking (default fp16)")
+    build.add_argument("--name", default=None, help="index name (default: the --out folder name)")
+    _embedding_arguments(build)
+    build.set_defaults(handler=_build)
+
+    add = commands.add_parser("add", help="append a gallery's new photos to an index")
+    add.add_argument("directory", type=Path, help="published index directory")
+    _gallery_arguments(add)
+    _embedding_arguments(add)
+    add.set_defaults(handler=_add)
+
+    info = commands.add_parser("info", help="print an index's manifest and file sizes")
+    info.add_argument("directory", type=Path, help="published index directory")
+    info.set_defaults(handler=_info)
+
+
+def _gallery_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gallery", required=True, type=Path,
+                        help="folder of images (label = parent folder), manifest (.csv/.jsonl) or split file")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="folder that relative paths of a split file or manifest are resolved against")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="model checkpoint")
+
+
+def _embedding_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1, max 8)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from indexer import pipeline
+
+    out = _run(lambda: pipeline.build(
+        args.gallery, args.checkpoint, args.out, index_type=args.index_type, tokens=args.tokens,
+        batch_size=args.batch_size, device=args.device, num_workers=args.workers,
+        progress=not args.no_progress, root=args.root, name=args.name,
+    ))
+    _summary(out)
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from indexer import pipeline
+
+    out = _run(lambda: pipeline.add(
+        args.directory, args.gallery, args.checkpoint, batch_size=args.batch_size, device=args.device,
+        num_workers=args.workers, progress=not args.no_progress, root=args.root,
+    ))
+    _summary(out)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from indexer.manifest import read_manifest
+
+    directory = args.directory.expanduser().absolute()
+    manifest = _run(lambda: read_manifest(directory))
+    print(json.dumps(manifest, indent=2, sort_keys=True))
+    print()
+    print(f"files in {directory}:")
+    total = 0
+    for path in sorted(directory.iterdir()):
+        size = path.stat().st_size
+        total += size
+        print(f"  {path.name:<28} {size:>16,d} B  {_human(size):>10}")
+    count = max(1, int(manifest.get("count", 0)))
+    print(f"  {'total':<28} {total:>16,d} B  {_human(total):>10}  ({total / count:,.0f} B per photo)")
+    return 0
+
+
+def _summary(directory: Path) -> None:
+    from indexer.manifest import read_manifest
+
+    manifest = read_manifest(directory)
+    print(f"{directory}: {manifest['count']} photos, {manifest['skipped']} skipped "
+          f"(see {manifest['files']['skipped']}), FAISS {manifest['faiss']['factory']}, "
+          f"tokens {manifest['tokens']['format']}")
+
+
+def _run(action: Any) -> Any:
+    """Run an indexer call, turning its user errors into the CLI's one-line errors."""
+    from indexer.errors import IndexerError
+    from service.cli import CliError
+
+    try:
+        return action()
+    except IndexerError as error:
+        raise CliError(str(error)) from None
+    except KeyboardInterrupt:
+        raise CliError("interrupted; the published index is unchanged, and running the same command again "
+                       "resumes from the finished shards") from None
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

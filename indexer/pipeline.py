@@ -1,0 +1,367 @@
+"""`build` and `add`: gallery -> shards (resumable) -> staging directory -> atomic publish.
+
+Order of work, so that every user error is reported before any photo is embedded:
+options, gallery listing, target directory, checkpoint, FAISS factory; then embedding, assembly and
+publication. The published directory is touched only by `publish`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer import faiss_index
+from indexer.atomic import write_json_atomic
+from indexer.embedding import (
+    EmbedSettings,
+    autocast_dtype,
+    default_workers,
+    embed_shards,
+    resolve_device,
+)
+from indexer.errors import FactoryError, IndexerError, IndexMismatchError
+from indexer.gallery import Gallery, GalleryItem, fingerprint, read_gallery
+from indexer.manifest import FORMAT_VERSION, INDEX_FILE, SKIPPED_FILE, now, read_manifest, write_manifest
+from indexer.publish import check_target, make_staging, publish, recover, writer_lock
+from indexer.records import IDS_FILE, OFFSETS_FILE, RECORDS_FILE, ImageRecord, iter_records, write_records
+from indexer.token_store import TOKEN_FORMATS, empty_layout, link_segments, write_segment
+
+# Photos per shard: the unit of resumption, and at most ~150 MB of fp16 ViT-B/16 tokens in memory.
+DEFAULT_SHARD_SIZE = 512
+# Bump when the shard contents change meaning, so older work directories are not reused.
+WORK_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint ready to embed with, and what the manifest records about it."""
+
+    model: Any
+    path: Path
+    sha256: str
+    name: str
+    family: str
+    embed_dim: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "embed_dim": self.embed_dim,
+                "checkpoint_sha256": self.sha256, "checkpoint_path": str(self.path)}
+
+
+def build(
+    gallery: str | os.PathLike[str] | Gallery,
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    index_type: str | None = None,
+    tokens: str = "fp16",
+    batch_size: int = 32,
+    device: str = "auto",
+    num_workers: int | None = None,
+    progress: bool = True,
+    root: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> Path:
+    """Embed `gallery` with `checkpoint` into a new index directory published at `out`; returns `out`.
+
+    gallery: folder, CSV / JSON Lines manifest, or split file (`root` resolves its relative paths).
+    index_type: FAISS factory string; None picks one by gallery size (`faiss_index.default_factory`).
+    tokens: token store format, fp16 | int8 | none. device: auto | cpu | cuda.
+    shard_size: photos per resumable shard; rerunning with the same arguments skips finished shards.
+    Ids are 0..N-1 in gallery order (unreadable photos keep their id unused).
+    """
+    settings = _settings(tokens, batch_size, device, num_workers, shard_size)
+    listing = gallery if isinstance(gallery, Gallery) else read_gallery(gallery, root)
+    out = Path(out).expanduser().absolute()
+    with writer_lock(out):
+        recover(out)
+        check_target(out)
+        loaded = load_model(checkpoint, settings.device)
+        settings = _with_token_format(settings, loaded)
+        factory = index_type if index_type is not None else faiss_index.default_factory(len(listing), loaded.embed_dim)
+        faiss_index.check_factory(factory, loaded.embed_dim, len(listing))
+        ids = np.arange(len(listing), dtype=np.int64)
+        work_dir = _work_dir(out, listing, loaded, settings, first_id=0, base=None)
+        shards = embed_shards(listing.items, ids, loaded.model, _photo_preprocess(), work_dir, settings, progress)
+        try:
+            _stage_and_publish(out, lambda staging: _assemble_build(
+                staging, shards, listing, ids, loaded, settings, factory, name or out.name, work_dir))
+        except FactoryError as error:
+            # The index type is not part of the work directory's name, so the embeddings can be reused.
+            raise FactoryError(f"{error}; embeddings kept in {work_dir}: rerun with another --index-type "
+                               "to reuse them") from None
+        _remove_work_dirs(out)
+    return out
+
+
+def add(
+    directory: str | os.PathLike[str],
+    gallery: str | os.PathLike[str] | Gallery,
+    checkpoint: str | os.PathLike[str],
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    num_workers: int | None = None,
+    progress: bool = True,
+    root: str | os.PathLike[str] | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> Path:
+    """Append the photos of `gallery` that the index at `directory` does not hold yet (same resolved
+    path) with ids continuing after the last one, and re-publish it atomically; returns `directory`.
+
+    The checkpoint must be the one the index was built with (`IndexMismatchError` otherwise); the
+    token format and FAISS index type stay as built. Existing token segments are hard-linked, not copied.
+    """
+    directory = Path(directory).expanduser().absolute()
+    listing = gallery if isinstance(gallery, Gallery) else read_gallery(gallery, root)
+    with writer_lock(directory):
+        recover(directory)
+        manifest = read_manifest(directory)
+        settings = _settings(manifest["tokens"]["format"], batch_size, device, num_workers, shard_size)
+        loaded = load_model(checkpoint, settings.device)
+        if loaded.sha256 != manifest["model"]["checkpoint_sha256"]:
+            raise IndexMismatchError(
+                f"{directory} was built with checkpoint sha256 {manifest['model']['checkpoint_sha256']}, "
+                f"but {loaded.path} has sha256 {loaded.sha256}"
+            )
+        indexed = {record.path for record in iter_records(directory)}
+        new_items = tuple(item for item in listing.items if str(item.path) not in indexed)
+        if not new_items:
+            raise IndexerError(f"nothing to add: all {len(listing)} photos of {listing.source} are already in {directory}")
+        fresh = Gallery(listing.kind, listing.source, listing.root, new_items)
+        first_id = int(manifest["next_id"])
+        ids = np.arange(first_id, first_id + len(fresh), dtype=np.int64)
+        base = {key: manifest[key] for key in ("created_at", "updated_at", "count", "next_id")}
+        work_dir = _work_dir(directory, fresh, loaded, settings, first_id=first_id, base=base)
+        shards = embed_shards(fresh.items, ids, loaded.model, _photo_preprocess(), work_dir, settings, progress)
+        _stage_and_publish(directory, lambda staging: _assemble_add(
+            staging, directory, manifest, shards, fresh, ids, settings, work_dir))
+        _remove_work_dirs(directory)
+    return directory
+
+
+def load_model(checkpoint: str | os.PathLike[str], device: Any) -> LoadedModel:
+    """Load a checkpoint onto `device` in eval mode; `IndexerError` (one line) if it cannot be loaded."""
+    import models
+
+    path = Path(checkpoint).expanduser().absolute()
+    if not path.is_file():
+        raise IndexerError(f"checkpoint not found: {path}")
+    try:
+        model = models.load_checkpoint(path, map_location="cpu")
+    except models.CheckpointError as error:
+        raise IndexerError(str(error).splitlines()[0]) from None
+    model = model.to(device).eval()
+    return LoadedModel(model, path, models.checkpoint_hash(path), model.config.name, model.family,
+                       int(model.embed_dim))
+
+
+def _photo_preprocess() -> Any:
+    from models import preprocess
+
+    return preprocess.photo
+
+
+def _settings(tokens: str, batch_size: int, device: str, num_workers: int | None, shard_size: int) -> EmbedSettings:
+    if tokens not in TOKEN_FORMATS:
+        raise IndexerError(f"unknown token format {tokens!r}; expected one of {', '.join(TOKEN_FORMATS)}")
+    if batch_size < 1:
+        raise IndexerError(f"batch size must be at least 1, not {batch_size}")
+    if shard_size < 1:
+        raise IndexerError(f"shard size must be at least 1, not {shard_size}")
+    workers = default_workers() if num_workers is None else num_workers
+    if workers < 0:
+        raise IndexerError(f"workers must be 0 or more, not {workers}")
+    try:
+        resolved = resolve_device(device)
+    except (RuntimeError, ValueError) as error:
+        raise IndexerError(str(error)) from None
+    return EmbedSettings(tokens, batch_size, resolved, workers, shard_size, autocast_dtype(resolved))
+
+
+def _with_token_format(settings: EmbedSettings, loaded: LoadedModel) -> EmbedSettings:
+    # Only ZSE models have tokens for relation re-ranking; an AMFF index has no token store.
+    if loaded.family == "zse" or settings.token_format == "none":
+        return settings
+    return EmbedSettings("none", settings.batch_size, settings.device, settings.num_workers,
+                         settings.shard_size, settings.autocast)
+
+
+def _work_dir(out: Path, listing: Gallery, loaded: LoadedModel, settings: EmbedSettings, *, first_id: int,
+              base: dict[str, Any] | None) -> Path:
+    """`.NAME.work-<digest>` next to `out`: the digest covers everything that decides the shards' bytes."""
+    key = {"work_format": WORK_FORMAT, "gallery": fingerprint(listing), "checkpoint": loaded.sha256,
+           "settings": settings.describe(), "first_id": first_id, "base": base}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    work_dir = out.parent / f".{out.name}.work-{digest}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(work_dir / "work.json", {**key, "gallery_source": str(listing.source), "out": str(out)})
+    return work_dir
+
+
+def _remove_work_dirs(out: Path) -> None:
+    """After a publish, shards of this or any older run for `out` are of no further use."""
+    for work_dir in out.parent.glob(f".{out.name}.work-*"):
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _stage_and_publish(out: Path, assemble: Any) -> None:
+    staging = make_staging(out)
+    try:
+        assemble(staging)
+        publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@dataclass
+class _ShardContents:
+    ids: np.ndarray  # int64 [M] readable photos, increasing
+    vectors: np.ndarray  # float32 [M, D]
+    skipped: list[dict[str, Any]]
+    token_shape: tuple[int, int] | None
+    kept: int | None
+
+
+def _read_shards(shards: Sequence[Path]) -> _ShardContents:
+    ids: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    skipped: list[dict[str, Any]] = []
+    token_shape = kept = None
+    for path in shards:
+        with np.load(path, allow_pickle=False) as shard:
+            skipped.extend(json.loads(line) for line in shard["skipped"])
+            if len(shard["ids"]) == 0:
+                continue
+            ids.append(shard["ids"])
+            vectors.append(shard["vectors"])
+            if token_shape is None and "tokens" in shard.files:
+                token_shape = tuple(shard["tokens"].shape[1:])
+                kept = shard["kept"].shape[1] if "kept" in shard.files else None
+    if not ids:
+        return _ShardContents(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), skipped, None, None)
+    return _ShardContents(np.concatenate(ids), np.concatenate(vectors), skipped, token_shape, kept)
+
+
+def _token_chunks(shards: Sequence[Path]) -> Iterator[dict[str, np.ndarray]]:
+    """Token arrays shard by shard, so the whole store is never in memory at once."""
+    for path in shards:
+        with np.load(path, allow_pickle=False) as shard:
+            if "tokens" in shard.files:
+                yield {name: shard[name] for name in ("tokens", "scales", "kept") if name in shard.files}
+
+
+def _no_photos_error(contents: _ShardContents, work_dir: Path, listed: int) -> IndexerError:
+    report = work_dir / SKIPPED_FILE
+    _write_skipped(report, contents.skipped)
+    return IndexerError(f"none of the {listed} listed photos could be read; reasons in {report}")
+
+
+def _write_skipped(path: Path, entries: Sequence[dict[str, Any]], previous: Path | None = None) -> None:
+    with open(path, "wb") as handle:
+        if previous is not None and previous.exists():
+            handle.write(previous.read_bytes())
+        for entry in entries:
+            handle.write((json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n").encode())
+
+
+def _records(items: Sequence[GalleryItem], ids: np.ndarray, kept_ids: np.ndarray) -> list[ImageRecord]:
+    position_of = {int(image_id): position for position, image_id in enumerate(ids)}
+    records = []
+    for image_id in kept_ids:
+        item = items[position_of[int(image_id)]]
+        records.append(ImageRecord(int(image_id), str(item.path), item.label, dict(item.metadata), item.key))
+    return records
+
+
+def _gallery_entry(listing: Gallery, ids: np.ndarray, skipped: int) -> dict[str, Any]:
+    return {**listing.describe(), "first_id": int(ids[0]), "last_id": int(ids[-1]), "skipped": skipped,
+            "added_at": now()}
+
+
+def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids: np.ndarray, loaded: LoadedModel,
+                    settings: EmbedSettings, factory: str, name: str, work_dir: Path) -> None:
+    """Write a complete index directory into `staging` from finished shards."""
+    import faiss
+
+    from models import preprocess
+
+    contents = _read_shards(shards)
+    if len(contents.ids) == 0:
+        raise _no_photos_error(contents, work_dir, len(listing))
+    index = faiss_index.build_index(contents.vectors, contents.ids, factory)
+    params = faiss_index.default_search_params(index)
+    faiss.write_index(index, str(staging / INDEX_FILE))
+    layout = empty_layout(settings.token_format if contents.token_shape else "none", contents.token_shape,
+                          contents.kept)
+    if layout["format"] != "none":
+        layout["segments"].append(write_segment(staging, layout, len(contents.ids), _token_chunks(shards)))
+    write_records(staging, _records(listing.items, ids, contents.ids))
+    _write_skipped(staging / SKIPPED_FILE, contents.skipped)
+    created = now()
+    write_manifest(staging, {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created_at": created,
+        "updated_at": created,
+        "model": loaded.describe(),
+        "preprocessing": {"function": "models.preprocess.photo", **preprocess.DESCRIPTION},
+        "embedding": settings.describe(),
+        "dimension": int(contents.vectors.shape[1]),
+        "count": int(len(contents.ids)),
+        "next_id": int(ids[-1]) + 1,
+        "skipped": len(contents.skipped),
+        "faiss": faiss_index.metadata(index, factory, params),
+        "tokens": layout,
+        "galleries": [_gallery_entry(listing, ids, len(contents.skipped))],
+        "files": _file_names(),
+    })
+
+
+def _assemble_add(staging: Path, directory: Path, manifest: dict[str, Any], shards: Sequence[Path],
+                  fresh: Gallery, ids: np.ndarray, settings: EmbedSettings, work_dir: Path) -> None:
+    """Write `directory`'s index extended by the new shards into `staging`."""
+    import faiss
+
+    contents = _read_shards(shards)
+    if len(contents.ids) == 0:
+        raise _no_photos_error(contents, work_dir, len(fresh))
+    if contents.vectors.shape[1] != manifest["dimension"]:
+        raise IndexMismatchError(f"new vectors have dimension {contents.vectors.shape[1]}, "
+                                 f"the index {manifest['dimension']}")
+    index = faiss_index.add_to_index(faiss.read_index(str(directory / INDEX_FILE)), contents.vectors, contents.ids)
+    faiss.write_index(index, str(staging / INDEX_FILE))
+    layout = json.loads(json.dumps(manifest["tokens"]))
+    if layout["format"] != "none":
+        if contents.token_shape is None or list(contents.token_shape) != layout["shape"]:
+            raise IndexMismatchError(f"new tokens have shape {contents.token_shape}, the store {layout['shape']}")
+        link_segments(directory, staging, layout)
+        layout["segments"].append(write_segment(staging, layout, len(contents.ids), _token_chunks(shards)))
+    write_records(staging, _records(fresh.items, ids, contents.ids), previous=directory)
+    _write_skipped(staging / SKIPPED_FILE, contents.skipped, previous=directory / SKIPPED_FILE)
+    params = {key: manifest["faiss"][key] for key in ("nprobe", "efSearch") if key in manifest["faiss"]}
+    write_manifest(staging, {
+        **manifest,
+        "updated_at": now(),
+        "count": int(manifest["count"]) + len(contents.ids),
+        "next_id": int(ids[-1]) + 1,
+        "skipped": int(manifest.get("skipped", 0)) + len(contents.skipped),
+        "faiss": faiss_index.metadata(index, manifest["faiss"]["factory"], params),
+        "tokens": layout,
+        "galleries": [*manifest.get("galleries", []), _gallery_entry(fresh, ids, len(contents.skipped))],
+    })
+
+
+def _file_names() -> dict[str, str]:
+    return {"index": INDEX_FILE, "ids": IDS_FILE, "records": RECORDS_FILE, "record_offsets": OFFSETS_FILE,
+            "skipped": SKIPPED_FILE}

@@ -1,0 +1,216 @@
+"""Token store: every photo's self-attention tokens `[T, D]`, memory-mapped, for relation re-ranking.
+
+Formats (`fmt`):
+  fp16: `[N, T, D]` float16 -> 2*T*D bytes per photo.
+  int8: `[N, T, D]` int8 plus `[N, T]` float16 scales; symmetric absmax quantisation per token
+        (scale = max|x| / 127, q = round(x / scale)) -> T*D + 2*T bytes per photo.
+  none: nothing stored; the service recomputes tokens from the image.
+
+Models with token selection (`Encoded.kept` not None) also store the kept grid positions, int16
+`[N, n]`, which `relation` needs to put the tokens back on the grid.
+
+A store is a list of segments (one per build or `add`), each a set of `.npy` files, so that `add`
+never rewrites the tokens already published: the new index directory hard-links the old segments.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TOKEN_FORMATS = ("fp16", "int8", "none")
+_INT8_MAX = 127.0
+
+
+def bytes_per_photo(fmt: str, token_shape: Sequence[int]) -> int:
+    """Bytes the store spends on one photo with `token_shape = (T, D)`."""
+    tokens, width = int(token_shape[0]), int(token_shape[1])
+    if fmt == "fp16":
+        return 2 * tokens * width
+    if fmt == "int8":
+        return tokens * width + 2 * tokens
+    if fmt == "none":
+        return 0
+    raise ValueError(f"unknown token format {fmt!r}; expected one of {', '.join(TOKEN_FORMATS)}")
+
+
+def quantize_int8(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`[B, T, D]` float -> (`[B, T, D]` int8, `[B, T]` float16 scales); |error| <= scale / 2 per value."""
+    tokens = np.asarray(tokens, dtype=np.float32)
+    absmax = np.abs(tokens).max(axis=-1)
+    # Round the scale to its stored dtype first, so quantising and dequantising use the same number.
+    scales = (absmax / _INT8_MAX).astype(np.float16)
+    divisor = scales.astype(np.float32)
+    divisor = np.where(divisor > 0, divisor, 1.0)  # an all-zero token quantises to zeros
+    quantized = np.clip(np.rint(tokens / divisor[..., None]), -_INT8_MAX, _INT8_MAX).astype(np.int8)
+    return quantized, scales
+
+
+def dequantize_int8(quantized: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Inverse of `quantize_int8`: `[B, T, D]` int8, `[B, T]` scales -> `[B, T, D]` float32."""
+    return quantized.astype(np.float32) * scales.astype(np.float32)[..., None]
+
+
+def encode_tokens(tokens: np.ndarray, fmt: str) -> dict[str, np.ndarray]:
+    """Convert `[B, T, D]` float tokens to the stored arrays of `fmt` (keys `tokens`, `scales`)."""
+    if fmt == "fp16":
+        return {"tokens": np.asarray(tokens, dtype=np.float32).astype(np.float16)}
+    if fmt == "int8":
+        quantized, scales = quantize_int8(tokens)
+        return {"tokens": quantized, "scales": scales}
+    if fmt == "none":
+        return {}
+    raise ValueError(f"unknown token format {fmt!r}")
+
+
+def empty_layout(fmt: str, token_shape: Sequence[int] | None, kept: int | None = None) -> dict[str, Any]:
+    """The manifest's `tokens` entry for a store without segments yet; `kept` = n kept positions."""
+    shape = [int(value) for value in token_shape] if token_shape is not None and fmt != "none" else None
+    return {
+        "format": fmt,
+        "shape": shape,
+        "dtype": {"fp16": "float16", "int8": "int8"}.get(fmt),
+        "scale_dtype": "float16" if fmt == "int8" else None,
+        "quantization": "symmetric absmax per token" if fmt == "int8" else None,
+        "kept": int(kept) if kept is not None and shape is not None else None,
+        "bytes_per_photo": (bytes_per_photo(fmt, shape) + 2 * (kept or 0)) if shape is not None else 0,
+        "segments": [],
+    }
+
+
+def write_segment(
+    directory: Path,
+    layout: dict[str, Any],
+    rows: int,
+    chunks: Iterable[Mapping[str, np.ndarray]],
+) -> dict[str, Any]:
+    """Write one segment of `rows` photos from `chunks` (dicts from `encode_tokens`) into `directory`.
+
+    Files are written in place: `directory` is a build's private staging folder that is published
+    (or thrown away) as a whole. Returns the segment entry that is appended to `layout["segments"]`.
+    """
+    fmt = layout["format"]
+    number = len(layout["segments"])
+    token_shape = tuple(layout["shape"])
+    suffix = {"fp16": "f16", "int8": "i8"}[fmt]
+    entry: dict[str, Any] = {"rows": int(rows), "tokens": f"tokens-{number:03d}.{suffix}.npy", "scales": None,
+                             "kept": None}
+    token_map = np.lib.format.open_memmap(
+        directory / entry["tokens"], mode="w+", dtype=np.dtype(layout["dtype"]), shape=(rows, *token_shape)
+    )
+    scale_map = None
+    if fmt == "int8":
+        entry["scales"] = f"tokens-{number:03d}.scale.npy"
+        scale_map = np.lib.format.open_memmap(
+            directory / entry["scales"], mode="w+", dtype=np.float16, shape=(rows, token_shape[0])
+        )
+    kept_map = None
+    if layout.get("kept"):
+        entry["kept"] = f"tokens-{number:03d}.kept.npy"
+        kept_map = np.lib.format.open_memmap(
+            directory / entry["kept"], mode="w+", dtype=np.int16, shape=(rows, layout["kept"])
+        )
+    start = 0
+    for chunk in chunks:
+        count = len(chunk["tokens"])
+        if count == 0:
+            continue
+        if tuple(chunk["tokens"].shape[1:]) != token_shape:
+            raise ValueError(f"token shape {tuple(chunk['tokens'].shape[1:])} differs from {token_shape}")
+        token_map[start:start + count] = chunk["tokens"]
+        if scale_map is not None:
+            scale_map[start:start + count] = chunk["scales"]
+        if kept_map is not None:
+            kept_map[start:start + count] = chunk["kept"]
+        start += count
+    if start != rows:
+        raise ValueError(f"token segment expected {rows} rows, got {start}")
+    for mapped in (token_map, scale_map, kept_map):
+        if mapped is not None:
+            mapped.flush()
+    del token_map, scale_map, kept_map
+    return entry
+
+
+def link_segments(source: Path, target: Path, layout: Mapping[str, Any]) -> None:
+    """Make `layout`'s segment files of `source` appear in `target`: hard links (instant, and safe
+    because segments are never modified after publication), else a copy across file systems."""
+    for entry in layout["segments"]:
+        for name in (entry["tokens"], entry["scales"], entry.get("kept")):
+            if name is None:
+                continue
+            try:
+                os.link(source / name, target / name)
+            except OSError:
+                shutil.copy2(source / name, target / name)
+
+
+class TokenStore:
+    """Read side: rows of all segments as one `[N, T, D]` table, gathered as float32."""
+
+    def __init__(self, directory: Path, layout: Mapping[str, Any]):
+        self.format = layout["format"]
+        self.shape = tuple(layout["shape"])
+        self._tokens: list[np.ndarray] = []
+        self._scales: list[np.ndarray | None] = []
+        self._kept: list[np.ndarray | None] = []
+        starts = [0]
+        for entry in layout["segments"]:
+            tokens = np.load(directory / entry["tokens"], mmap_mode="r")
+            if tokens.shape != (entry["rows"], *self.shape):
+                raise ValueError(f"{entry['tokens']}: shape {tokens.shape} does not match the manifest")
+            self._tokens.append(tokens)
+            self._scales.append(np.load(directory / entry["scales"], mmap_mode="r") if entry["scales"] else None)
+            self._kept.append(np.load(directory / entry["kept"], mmap_mode="r") if entry.get("kept") else None)
+            starts.append(starts[-1] + int(entry["rows"]))
+        self._starts = np.asarray(starts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """`rows` int64 `[K]` (0 <= row < len) -> float32 `[K, T, D]`, in the order asked."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), *self.shape), dtype=np.float32)
+        segment_of = np.searchsorted(self._starts, rows, side="right") - 1
+        for segment in np.unique(segment_of):
+            positions = np.nonzero(segment_of == segment)[0]
+            local = rows[positions] - self._starts[segment]
+            # Read in ascending row order (kinder to the page cache), then scatter back.
+            order = np.argsort(local, kind="stable")
+            picked = self._tokens[segment][local[order]]
+            scales = self._scales[segment]
+            if scales is not None:
+                values = dequantize_int8(picked, scales[local[order]])
+            else:
+                values = picked.astype(np.float32)
+            out[positions[order]] = values
+        return out
+
+    @property
+    def has_kept(self) -> bool:
+        return bool(self._kept) and all(kept is not None for kept in self._kept)
+
+    def gather_kept(self, rows: np.ndarray) -> np.ndarray | None:
+        """int64 `[K, n]` kept grid positions of `rows`, None when the model keeps every token."""
+        if not self.has_kept:
+            return None
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        segment_of = np.searchsorted(self._starts, rows, side="right") - 1
+        kept = [table for table in self._kept if table is not None]
+        out = np.empty((len(rows), kept[0].shape[1]), dtype=np.int64)
+        for segment in np.unique(segment_of):
+            positions = np.nonzero(segment_of == segment)[0]
+            out[positions] = kept[segment][rows[positions] - self._starts[segment]]
+        return out
+
+    def close(self) -> None:
+        # Dropping the references unmaps the files (numpy memmaps close when collected).
+        self._tokens.clear()
+        self._scales.clear()
+        self._kept.clear()

@@ -1,0 +1,52 @@
+"""`sbir index build|add|info` through the real console entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from tests.indexer.conftest import make_folder_gallery, make_png
+
+
+def test_build_add_info(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gallery = tmp_path / "gallery"
+    make_folder_gallery(gallery, {"a": 2, "b": 1})
+    out = tmp_path / "index"
+    common = ["--checkpoint", str(checkpoint), "--workers", "0", "--batch-size", "2", "--no-progress"]
+    assert main(["index", "build", "--gallery", str(gallery), "--out", str(out), "--tokens", "int8",
+                 "--index-type", "HNSW16", "--name", "demo", *common]) == 0
+    assert "3 photos, 0 skipped" in capsys.readouterr().out
+    make_png(gallery / "c" / "0.png", seed=40)
+    assert main(["index", "add", str(out), "--gallery", str(gallery), *common]) == 0
+    assert main(["index", "info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads(printed[printed.index("{"): printed.index("\n}\n") + 2])
+    assert (manifest["name"], manifest["count"], manifest["tokens"]["format"]) == ("demo", 4, "int8")
+    assert manifest["faiss"]["factory"] == "HNSW16" and manifest["faiss"]["efSearch"] == 128
+    assert "index.faiss" in printed and "B per photo" in printed
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path: Path, checkpoint: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    make_folder_gallery(tmp_path / "gallery", {"a": 1})
+    status = main(["index", "build", "--gallery", str(tmp_path / "gallery"), "--checkpoint", str(checkpoint),
+                   "--out", str(tmp_path / "x"), "--index-type", "IVF4096,Flat", "--no-progress"])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1
+    assert "4096 lists but the gallery lists only 1" in error
+    assert main(["index", "info", str(tmp_path / "gallery")]) == 2
+    assert "not an index directory" in capsys.readouterr().err
+
+
+def test_registration_does_not_import_torch_or_faiss() -> None:
+    code = ("import argparse, sys; import indexer, indexer.cli; "
+            "indexer.cli.register(argparse.ArgumentParser().add_subparsers()); "
+            "print(sorted(m for m in ('torch', 'faiss', 'numpy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.stdout.strip() == "[]"
