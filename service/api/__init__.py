@@ -1,0 +1,1 @@
+"""HTTP layer: request/response models, dependencies, and one router per resource."""

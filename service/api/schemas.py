@@ -1,0 +1,189 @@
+"""Request and response models of every endpoint."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.jobs import Job
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["index_build", "train", "evaluate"]
+DatasetName = Literal["sketchy25", "sketchy21", "tuberlin", "quickdraw", "qmul-chair", "generic", "openmoji-demo"]
+RetrievalMode = Literal["category", "instance"]
+TokenFormat = Literal["fp16", "int8", "none"]
+
+# A folder name: no separators, no leading dot, so it cannot point anywhere but index_root/<name>.
+INDEX_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Characters of a FAISS index_factory string ("Flat", "HNSW32", "IVF256,PQ16x8", "OPQ16_64,IVF1024,PQ16").
+FACTORY_PATTERN = r"^[A-Za-z0-9_,.=x-]{1,64}$"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. upload_too_large")
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+# Search ------------------------------------------------------------------------------------
+
+
+class SearchResult(BaseModel):
+    rank: int = Field(description="1-based position in the final order")
+    image_id: int
+    label: str | None
+    metadata: dict[str, Any]
+    ann_score: float = Field(description="inner product of the [Ret] embeddings from the ANN index")
+    relation_score: float | None = Field(description="relation network score in (0, 1); null when not re-ranked")
+    image_url: str
+
+
+class SearchTimings(BaseModel):
+    """Milliseconds spent in each stage (total includes reading the upload)."""
+
+    decode: float
+    embed: float
+    ann: float
+    rerank: float
+    total: float
+
+
+class IndexSummary(BaseModel):
+    name: str
+    size: int
+
+
+class SearchResponse(BaseModel):
+    query_id: str = Field(description="handle for GET /explain/{query_id}/{image_id} while it stays cached")
+    reranked: bool
+    shortlist: int = Field(description="ANN candidates considered")
+    results: list[SearchResult]
+    timings_ms: SearchTimings
+    index: IndexSummary
+
+
+# Explain -----------------------------------------------------------------------------------
+
+
+class GridCell(BaseModel):
+    row: int
+    col: int
+
+
+class MatchedPairPublic(BaseModel):
+    sketch_cell: GridCell
+    photo_cell: GridCell
+    score: float = Field(description="cosine similarity of the two anchors")
+
+
+class ExplainResponse(BaseModel):
+    query_id: str
+    image_id: int
+    grid: int = Field(description="side of the anchor grid (7): anchor i is cell divmod(i, grid)")
+    pairs: list[MatchedPairPublic] = Field(description="each sketch anchor's best photo anchor, strongest first")
+    kernel: list[list[float]] = Field(description="[A, A] cosine kernel: kernel[i][j] = cos(sketch i, photo j)")
+
+
+# Jobs --------------------------------------------------------------------------------------
+
+
+def _timestamp(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=UTC)
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: JobKind | str
+    state: JobState
+    progress: float = Field(ge=0.0, le=1.0)
+    message: str
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    log_tail: list[str]
+
+    @classmethod
+    def from_job(cls, job: Job, log_lines: int = 20) -> JobPublic:
+        return cls(
+            id=job.id, kind=job.kind, state=cast(JobState, job.state), progress=job.progress, message=job.message,
+            params=job.params, result=job.result, error=job.error, created_at=datetime.fromtimestamp(job.created_at, tz=UTC),
+            started_at=_timestamp(job.started_at), finished_at=_timestamp(job.finished_at),
+            log_tail=job.log_tail(log_lines),
+        )
+
+
+class JobList(BaseModel):
+    jobs: list[JobPublic]
+
+
+# Indexes -----------------------------------------------------------------------------------
+
+
+class IndexBuildCreate(BaseModel):
+    """POST /index/build: the new index is written to <index root>/<name> with the served checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gallery: str = Field(description="folder, CSV/JSONL manifest or split file under a data root")
+    name: str = Field(pattern=INDEX_NAME_PATTERN, description="name of the new index directory")
+    index_type: str | None = Field(None, pattern=FACTORY_PATTERN, description="FAISS factory string; default: by size")
+    tokens: TokenFormat = "fp16"
+    activate: bool = Field(True, description="serve the new index as soon as it is built")
+
+
+class IndexPublic(BaseModel):
+    name: str
+    size: int
+    has_tokens: bool
+    model: str
+    checkpoint_hash: str
+    manifest: dict[str, Any]
+
+
+# Training and evaluation -------------------------------------------------------------------
+
+
+class TrainCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetName
+    root: str = Field(description="dataset folder under a data root")
+    checkpoint: str | None = Field(None, description="checkpoint to start from, under a data root")
+    retrieval_mode: RetrievalMode = "category"
+    config: dict[str, Any] = Field(default_factory=dict, description="training settings, passed through")
+
+
+class EvaluateCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetName
+    root: str = Field(description="dataset folder under a data root")
+    checkpoint: str | None = Field(None, description="checkpoint to evaluate (default: the one being served)")
+    retrieval_mode: RetrievalMode = "category"
+    config: dict[str, Any] = Field(default_factory=dict, description="evaluation settings, passed through")
+
+
+# Health ------------------------------------------------------------------------------------
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: str
+    family: str
+    device: str
+    index: IndexSummary

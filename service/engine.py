@@ -1,0 +1,314 @@
+"""The search engine: owns the loaded model and the index being served, and runs model work.
+
+Concurrency: model and index calls run under one lock (`compute_lock`), so requests served from
+FastAPI's thread pool never run the model concurrently. Index swaps are atomic: a request takes a
+lease on the current index for its whole duration; a swap installs the new index for later
+requests and closes the old one only when its last lease ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from service.errors import ApiError
+from service.query_cache import QueryCache, QueryRecord
+from service.settings import Settings
+
+logger = logging.getLogger("service.engine")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint loaded on its device; `checkpoint_hash` ties indexes to it."""
+
+    model: Any
+    device: Any  # torch.device; torch is imported only when something is loaded
+    checkpoint: Path
+    checkpoint_hash: str
+
+    @property
+    def name(self) -> str:
+        return str(getattr(getattr(self.model, "config", None), "name", "unknown"))
+
+    @property
+    def family(self) -> str:
+        return str(getattr(self.model, "family", "unknown"))
+
+
+class _IndexSlot:
+    """An index plus the number of requests using it; closed once retired and unused."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+        self.users = 0
+        self.retired = False
+
+    def close_if_idle(self) -> None:
+        if self.retired and self.users == 0:
+            try:
+                self.index.close()
+            except Exception:  # a failing close must not fail the request that happened to be last
+                logger.exception("closing index %s failed", getattr(self.index, "name", "?"))
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What one request works with: the model and the index current when it started."""
+
+    model: LoadedModel
+    index: Any
+
+
+@dataclass
+class SearchHit:
+    image_id: int
+    ann_score: float
+    relation_score: float | None
+
+
+@dataclass
+class SearchOutcome:
+    query_id: str
+    hits: list[SearchHit]
+    reranked: bool
+    shortlist_size: int
+    index_name: str
+    index_size: int
+    records: dict[int, Any]  # image_id -> ImageRecord, read while the lease was held
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(choice: str) -> Any:
+    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is a configuration error."""
+    import torch
+
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(choice)
+
+
+class SearchEngine:
+    """Model + index being served, loaded once and swapped atomically."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.queries = QueryCache(settings.query_cache_size)
+        self.compute_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._model: LoadedModel | None = None
+        self._slot: _IndexSlot | None = None
+        self._load_error: str | None = None
+        self._loaded = threading.Event()
+
+    # Loading -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the configured checkpoint, then the configured index (blocking). A failure is kept
+        as the reason /readyz gives, and logged; it does not raise."""
+        try:
+            if self.settings.checkpoint is not None:
+                self.load_model(self.settings.checkpoint)
+            if self.settings.index_dir is not None:
+                self.swap_index(self.open_index(self.settings.index_dir))
+        except Exception as error:  # any load problem: stay up (healthz) and say why (readyz)
+            logger.exception("loading the model or index failed")
+            with self._state_lock:
+                self._load_error = f"{type(error).__name__}: {error}"
+        finally:
+            self._loaded.set()
+
+    def start_loading(self) -> threading.Thread:
+        """Load in a background thread so the server answers /healthz while it loads."""
+        thread = threading.Thread(target=self.load, name="sbir-engine-load", daemon=True)
+        thread.start()
+        return thread
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        return self._loaded.wait(timeout)
+
+    def load_model(self, checkpoint: Path) -> LoadedModel:
+        import models
+
+        device = resolve_device(self.settings.device)
+        started = time.perf_counter()
+        model = models.load_checkpoint(checkpoint, map_location="cpu").to(device).eval()
+        loaded = LoadedModel(model, device, Path(checkpoint), models.checkpoint_hash(checkpoint))
+        with self._state_lock:
+            self._model = loaded
+        logger.info("loaded %s (%s) on %s in %.1fs", loaded.name, loaded.family, device,
+                    time.perf_counter() - started)
+        return loaded
+
+    def open_index(self, directory: Path) -> Any:
+        """Open an index directory checked against the loaded checkpoint (IndexMismatchError otherwise)."""
+        import indexer
+
+        model = self.model
+        if model is None:
+            raise RuntimeError("no model is loaded, so no index can be checked against it")
+        return indexer.open(directory, checkpoint_hash=model.checkpoint_hash)
+
+    def swap_index(self, index: Any) -> None:
+        """Serve `index` from now on; the previous one closes when its in-flight requests end."""
+        with self._state_lock:
+            previous, self._slot = self._slot, _IndexSlot(index)
+            if previous is not None:
+                previous.retired = True
+                previous.close_if_idle()
+        logger.info("now serving index %s (%d photos)", getattr(index, "name", "?"), len(index))
+
+    def close(self) -> None:
+        with self._state_lock:
+            if self._slot is not None:
+                self._slot.retired = True
+                self._slot.close_if_idle()
+                self._slot = None
+
+    # State ---------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> LoadedModel | None:
+        with self._state_lock:
+            return self._model
+
+    def index_summary(self) -> tuple[str, int] | None:
+        """(name, size) of the index being served, or None."""
+        with self._state_lock:
+            if self._slot is None:
+                return None
+            return str(self._slot.index.name), len(self._slot.index)
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why searches cannot be served yet; empty when ready."""
+        with self._state_lock:
+            if not self._loaded.is_set():
+                return ["loading the model and index"]
+            if self._load_error is not None:
+                return [f"loading failed: {self._load_error}"]
+            reasons = []
+            if self._model is None:
+                reasons.append("no checkpoint is configured (SBIR_CHECKPOINT)")
+            if self._slot is None:
+                reasons.append("no index is loaded; build one with POST /index/build")
+            return reasons
+
+    def ensure_ready(self) -> None:
+        """503 unless both a model and an index are loaded."""
+        with self._state_lock:
+            ready = self._slot is not None and self._model is not None
+        if not ready:
+            raise self._not_ready_error()
+
+    def _not_ready_error(self) -> ApiError:
+        reasons = self.not_ready_reasons() or ["the model or index is not loaded"]
+        return ApiError(503, "not_ready", "; ".join(reasons), headers={"Retry-After": "5"})
+
+    @contextmanager
+    def lease(self) -> Iterator[Lease]:
+        """The model and current index for one request; 503 when either is missing."""
+        with self._state_lock:
+            slot, model = self._slot, self._model
+            if slot is None or model is None:
+                slot = None
+            else:
+                slot.users += 1
+        if slot is None or model is None:
+            raise self._not_ready_error()
+        try:
+            yield Lease(model, slot.index)
+        finally:
+            with self._state_lock:
+                slot.users -= 1
+                slot.close_if_idle()
+
+    # Work ----------------------------------------------------------------------------------
+
+    def search(self, sketch_image: Image.Image, *, k: int, shortlist: int, rerank: bool | None) -> SearchOutcome:
+        """Rank the gallery for one decoded sketch.
+
+        rerank None: re-rank when the model has a relation network. The shortlist is raised to k
+        when smaller, so re-ranking can always fill k results. Blocking: call from a worker thread.
+        """
+        from models import preprocess
+        from service import search as stages
+
+        timings: dict[str, float] = {}
+        with self.lease() as lease:
+            model = lease.model
+            use_relation = stages.can_rerank(model.model) if rerank is None else rerank
+            if use_relation and not stages.can_rerank(model.model):
+                raise ApiError(422, "rerank_unavailable",
+                               f"rerank=true needs a model with a relation network; {model.name} has none")
+
+            started = time.perf_counter()
+            sketch_tensor = preprocess.sketch(sketch_image)
+            with self.compute_lock:
+                embedding = stages.embed_sketch(model.model, sketch_tensor, model.device)
+            timings["embed"] = _elapsed_ms(started)
+
+            started = time.perf_counter()
+            candidates = max(shortlist, k) if use_relation else k
+            with self.compute_lock:
+                short = stages.ann_shortlist(lease.index, embedding.ret, candidates)
+            timings["ann"] = _elapsed_ms(started)
+
+            started = time.perf_counter()
+            if use_relation and len(short.ids) and embedding.tokens is not None:
+                with self.compute_lock:
+                    relation = stages.relation_scores(model.model, lease.index, embedding.tokens, short.ids,
+                                                      self.settings.rerank_batch_size, model.device)
+                order = stages.order_by_relation(relation)[:k]
+                hits = [SearchHit(int(short.ids[i]), float(short.ann_scores[i]), float(relation[i])) for i in order]
+            else:
+                hits = [SearchHit(int(i), float(s), None) for i, s in zip(short.ids[:k], short.ann_scores[:k],
+                                                                         strict=True)]
+            timings["rerank"] = _elapsed_ms(started) if use_relation else 0.0
+
+            records = {hit.image_id: lease.index.record(hit.image_id) for hit in hits}
+            query_id = uuid.uuid4().hex
+            self.queries.put(query_id, QueryRecord(stages.tensor_to_image(sketch_tensor), embedding.tokens))
+            return SearchOutcome(query_id=query_id, hits=hits, reranked=use_relation, shortlist_size=len(short.ids),
+                                 index_name=str(lease.index.name), index_size=len(lease.index), records=records,
+                                 timings_ms=timings)
+
+    def explain(self, query_id: str, image_id: int) -> tuple[QueryRecord, Any, Any]:
+        """(query, ImageRecord, kernel [A, A] numpy) for a cached query and a photo of the index."""
+        from service import search as stages
+
+        query = self.queries.get(query_id)
+        if query is None:
+            raise ApiError(404, "unknown_query",
+                           f"query {query_id!r} is unknown or has left the cache; search again")
+        with self.lease() as lease:
+            record = lookup_record(lease.index, image_id)
+            if query.sketch_tokens is None or not callable(getattr(lease.model.model, "kernel", None)):
+                raise ApiError(422, "explain_unavailable",
+                               f"{lease.model.name} has no token correspondence to explain (ZSE models only)")
+            with self.compute_lock:
+                kernel = stages.kernel_between(lease.model.model, lease.index, query.sketch_tokens, image_id,
+                                               lease.model.device)
+            return query, record, kernel
+
+
+def lookup_record(index: Any, image_id: int) -> Any:
+    """The index's ImageRecord for `image_id`; 404 for ids the index does not hold."""
+    try:
+        return index.record(image_id)
+    except (KeyError, IndexError) as error:
+        raise ApiError(404, "unknown_image", f"image {image_id} is not in index {index.name!r}") from error
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)

@@ -1,0 +1,43 @@
+"""Confining paths from requests to the configured data roots.
+
+A path is accepted only when its real path (symlinks resolved) lies inside the real path of one
+of the roots; `..` components are refused outright, whatever they would resolve to.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from service.errors import ApiError
+
+
+def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exist: bool = True) -> Path:
+    """Resolve a client-supplied path against the data roots.
+
+    raw: absolute, or relative to a data root (the first root in which it exists, else the first).
+    Raises ApiError: 400 for malformed paths, `..` or (with must_exist) a missing path; 403 when no
+    root is configured or the real path escapes every root.
+    """
+    if not raw or "\x00" in raw:
+        raise ApiError(400, "invalid_path", f"{field}: empty or malformed path", field=field)
+    if ".." in PurePosixPath(raw.replace("\\", "/")).parts:
+        raise ApiError(400, "invalid_path", f"{field}: '..' is not allowed in paths", field=field)
+    if not roots:
+        raise ApiError(403, "no_data_roots", f"{field}: no data roots are configured (set SBIR_DATA_ROOTS)",
+                       field=field)
+    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    candidate = Path(raw).expanduser()
+    if candidate.is_absolute():
+        candidates = [candidate]
+    else:
+        candidates = [root / candidate for root in real_roots]
+    chosen = next((path for path in candidates if path.exists()), candidates[0])
+    real = Path(os.path.realpath(chosen))
+    if not any(real == root or real.is_relative_to(root) for root in real_roots):
+        raise ApiError(403, "path_outside_data_roots", f"{field}: {raw!r} is outside the configured data roots",
+                       field=field)
+    if must_exist and not real.exists():
+        raise ApiError(400, "path_not_found", f"{field}: {raw!r} does not exist", field=field)
+    return real

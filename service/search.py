@@ -1,0 +1,150 @@
+"""The search pipeline's stages, as plain functions of (model, index): embed the sketch once,
+take an ANN shortlist, score the shortlist with the relation network, order.
+
+No locking and no HTTP here; `service.engine.SearchEngine` decides which thread runs them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger("service.search")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Tokens as `relation` / `kernel` take them: tokens [B, T, D], kept None or [B, N]."""
+
+    tokens: torch.Tensor
+    kept: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> Tokens:
+        kept = None if self.kept is None else self.kept.to(device)
+        return Tokens(self.tokens.to(device=device, dtype=torch.float32), kept)
+
+
+@dataclass(frozen=True)
+class SketchEmbedding:
+    """One sketch: ret [1, D] float32 numpy (for FAISS), tokens on the CPU (None for AMFF)."""
+
+    ret: np.ndarray
+    tokens: Tokens | None
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """ANN candidates, best first: ids int64 [P], ann_scores float32 [P] (FAISS pads removed)."""
+
+    ids: np.ndarray
+    ann_scores: np.ndarray
+
+
+def can_rerank(model: Any) -> bool:
+    """True for models with a relation network (ZSE); AMFF checkpoints have none."""
+    return getattr(model, "family", None) == "zse" and callable(getattr(model, "relation", None))
+
+
+def _encode(model: Any, images: torch.Tensor, modality: str):
+    # ZSE encodes sketches and photos with different token keep rates; AMFF's encode has no modality.
+    if "modality" in inspect.signature(model.encode).parameters:
+        return model.encode(images, modality=modality)
+    return model.encode(images)
+
+
+def embed_sketch(model: Any, sketch: torch.Tensor, device: torch.device) -> SketchEmbedding:
+    """sketch [3, 224, 224] (preprocessed) -> its retrieval vector and tokens."""
+    with torch.inference_mode():
+        encoded = _encode(model, sketch.unsqueeze(0).to(device), "sketch")
+    ret = encoded.ret.detach().float().cpu().numpy().astype(np.float32, copy=False)
+    tokens = None
+    if encoded.tokens is not None:
+        kept = None if encoded.kept is None else encoded.kept.detach().cpu()
+        tokens = Tokens(encoded.tokens.detach().float().cpu(), kept)
+    return SketchEmbedding(ret=ret, tokens=tokens)
+
+
+def ann_shortlist(index, vector: np.ndarray, size: int) -> Shortlist:
+    """The `size` nearest photos of `vector` [1, D] by the index's ANN search."""
+    ids, scores = index.search(np.ascontiguousarray(vector, dtype=np.float32), size)
+    ids, scores = np.asarray(ids)[0], np.asarray(scores)[0]
+    valid = ids >= 0
+    return Shortlist(ids=ids[valid].astype(np.int64), ann_scores=scores[valid].astype(np.float32))
+
+
+def load_photo(path) -> Image.Image:
+    """A gallery photo, decoded and RGB (transparency composited onto white)."""
+    from models.preprocess import to_rgb
+
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def photo_tokens(model: Any, index, ids: Sequence[int] | np.ndarray, device: torch.device) -> Tokens:
+    """Tokens [P, T, D] of gallery photos on `device`: the index's token store when it has one,
+    else recomputed from the photo files (slower, same numbers up to the store's precision)."""
+    ids = [int(image_id) for image_id in ids]
+    if index.has_tokens:
+        # Kept positions exist only for models with token selection; `kept` is optional on indexes.
+        kept = index.kept(ids) if callable(getattr(index, "kept", None)) else None
+        return Tokens(index.tokens(ids), kept).to(device)
+    from models import preprocess
+
+    batch = torch.stack([preprocess.photo(load_photo(index.record(image_id).path)) for image_id in ids])
+    with torch.inference_mode():
+        encoded = _encode(model, batch.to(device), "photo")
+    return Tokens(encoded.tokens, encoded.kept)
+
+
+def relation_scores(
+    model: Any,
+    index,
+    sketch_tokens: Tokens,
+    ids: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Relation scores [P] float32 in (0, 1) of the sketch against each photo in `ids`, computed
+    `batch_size` photos at a time on `device` (one sketch broadcast against the batch)."""
+    sketch = sketch_tokens.to(device)
+    scores = np.empty(len(ids), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            photos = photo_tokens(model, index, chunk, device)
+            batch_scores = model.relation(sketch.tokens, photos.tokens, sketch.kept, photos.kept)
+            scores[start : start + len(chunk)] = batch_scores.float().cpu().numpy()
+    return scores
+
+
+def order_by_relation(relation: np.ndarray) -> np.ndarray:
+    """Positions [P] of the shortlist sorted by relation score, highest first; ties keep ANN order."""
+    return np.argsort(-relation, kind="stable")
+
+
+def kernel_between(model: Any, index, sketch_tokens: Tokens, image_id: int,
+                   device: torch.device) -> np.ndarray:
+    """Cosine kernel [A, A] (A = 49 on the 7x7 anchor grid) between a sketch and one photo."""
+    sketch = sketch_tokens.to(device)
+    with torch.inference_mode():
+        photos = photo_tokens(model, index, [image_id], device)
+        kernel = model.kernel(sketch.tokens, photos.tokens, sketch.kept, photos.kept)
+    return kernel[0].float().cpu().numpy()
+
+
+def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
+    """Preprocessed [3, H, W] (normalised with preprocess.MEAN / STD) -> the RGB image the model saw."""
+    from models.preprocess import MEAN, STD
+
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    pixels = (tensor.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))

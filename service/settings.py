@@ -1,0 +1,121 @@
+"""Service settings: one pydantic-settings class read from `SBIR_*` environment variables and,
+optionally, a settings file (JSON, or a `.env` file of `SBIR_*` lines).
+
+Precedence, highest first: values passed in code (the CLI's flags), environment variables, the
+settings file, the defaults below. Nothing here is built at import: call `load_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, JsonConfigSettingsSource, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the server needs to know; see docs/service.md for the environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SBIR_", extra="forbid", env_file=None)
+
+    # What to serve.
+    index_dir: Path | None = Field(None, description="index directory opened at startup (none: 503 until one is built)")
+    checkpoint: Path | None = Field(None, description="model checkpoint; required for search and index builds")
+    index_root: Path | None = Field(
+        None, description="where POST /index/build writes new indexes (default: the parent of index_dir)"
+    )
+    data_roots: list[Path] = Field(
+        default_factory=list, description="folders that gallery/dataset/checkpoint paths in requests must lie under"
+    )
+    jobs_db: Path | None = Field(
+        None, description="SQLite job store (default: <index_root>/jobs.sqlite3, else ./sbir-jobs.sqlite3)"
+    )
+
+    # Network.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins; empty turns CORS off")
+
+    # Security: no token means the state-changing endpoints are disabled, never open.
+    admin_token: SecretStr | None = None
+
+    # Limits on what a request may ask for.
+    max_upload_bytes: int = Field(10 * MIB, ge=1024)
+    max_pixels: int = Field(25_000_000, ge=1, description="width*height above this is refused before decoding")
+    k_max: int = Field(200, ge=1, le=200)
+    shortlist_max: int = Field(2000, ge=1, le=2000)
+    thumbnail_max: int = Field(1024, ge=16, le=4096, description="largest ?size= for GET /images/{id}")
+
+    # Engine and jobs.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    rerank_batch_size: int = Field(64, ge=1, le=4096)
+    query_cache_size: int = Field(256, ge=1, description="queries kept for /explain (each holds its tokens)")
+    max_concurrent_jobs: int = Field(1, ge=1, le=64)
+
+    @field_validator("index_dir", "checkpoint", "index_root", "jobs_db", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: Any) -> Any:
+        # SBIR_INDEX_DIR= (empty) in a container means "none", not the current directory.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: Any) -> Any:
+        # SBIR_ADMIN_TOKEN="" must mean "disabled", not "the empty string is the password".
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _index_needs_checkpoint(self) -> Settings:
+        if self.index_dir is not None and self.checkpoint is None:
+            raise ValueError("index_dir is set but checkpoint is not: an index is searched with its model")
+        return self
+
+    def build_root(self) -> Path | None:
+        """Folder that new indexes are written into, or None when there is nowhere to put them."""
+        if self.index_root is not None:
+            return self.index_root
+        if self.index_dir is not None:
+            return self.index_dir.parent
+        return None
+
+    def jobs_db_path(self) -> Path:
+        """Where the job store lives: next to the indexes when that is known."""
+        if self.jobs_db is not None:
+            return self.jobs_db
+        root = self.build_root()
+        return (root / "jobs.sqlite3") if root is not None else Path("sbir-jobs.sqlite3")
+
+
+def load_settings(settings_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment and `settings_file`, with `overrides` on top.
+
+    settings_file: `*.json` (an object of field names) or anything else read as a dotenv file of
+    `SBIR_*` assignments. Overrides whose value is None are dropped so that an unset CLI flag does
+    not hide the environment.
+    """
+    values = {name: value for name, value in overrides.items() if value is not None}
+    if settings_file is None:
+        return Settings(**values)
+    path = Path(settings_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"settings file not found: {path}")
+    if path.suffix.lower() == ".json":
+        return _with_json_file(path)(**values)
+    return Settings(_env_file=path, **values)  # type: ignore[call-arg]  # pydantic-settings init option
+
+
+def _with_json_file(path: Path) -> type[Settings]:
+    """A Settings subclass whose sources put the JSON file just below the environment."""
+
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, JsonConfigSettingsSource(settings_cls, json_file=path), file_secret_settings)
+
+    return type("Settings", (Settings,), {"settings_customise_sources": classmethod(settings_customise_sources)})

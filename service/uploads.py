@@ -1,0 +1,132 @@
+"""Turning an uploaded sketch into a PIL image without trusting it.
+
+Order of checks, cheapest first: the request body size (middleware below, before the multipart
+parser spools anything big), the file size, the format and pixel count read from the header, and
+only then the decode. Every refusal is an `ApiError` with its status.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import ApiError, error_response
+
+# Formats a sketch may arrive in; anything else is refused as unsupported media.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+# Room for the multipart boundaries and headers around the file itself.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "upload_too_large", f"the upload is larger than the limit of {limit} bytes")
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies over `max_body_bytes` with 413, without reading them whole.
+
+    A declared Content-Length over the limit is answered at once; a chunked body is counted as it
+    streams and cut off when it crosses the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            error = too_large(self.max_body_bytes)
+            await error_response(error.status_code, error.code, error.message, {"Connection": "close"})(
+                scope, receive, send
+            )
+            return
+
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    # FastAPI re-raises HTTPExceptions from body parsing, so the app's handler
+                    # renders this; the except below covers the rest.
+                    raise too_large(self.max_body_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except ApiError as error:
+            if response_started or error.status_code != 413:
+                raise
+            await error_response(error.status_code, error.code, error.message)(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def decode_sketch(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Bytes of a PNG/JPEG/WebP -> a fully decoded PIL image (first frame; mode as stored).
+
+    Raises ApiError: 415 not an accepted image format, 413 more than `max_pixels` pixels (checked
+    from the header, before any pixel is decoded), 400 corrupt or truncated data.
+    """
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (and past 2x its own limit raises) about bombs; our limit is checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as error:
+        raise _too_many_pixels(max_pixels) from error
+    except UnidentifiedImageError as error:
+        raise ApiError(
+            415, "unsupported_media_type", "the sketch is not a PNG, JPEG or WebP image"
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise _undecodable(error) from error
+
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ApiError(400, "undecodable_image", "the image has no pixels")
+    if width * height > max_pixels:
+        raise _too_many_pixels(max_pixels, width, height)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+    except Image.DecompressionBombError as error:
+        raise _too_many_pixels(max_pixels, width, height) from error
+    # Decoders report corrupt data with a zoo of exception types; all of them mean "bad input".
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as error:
+        raise _undecodable(error) from error
+    return image
+
+
+def _too_many_pixels(max_pixels: int, width: int | None = None, height: int | None = None) -> ApiError:
+    size = f" ({width}x{height})" if width is not None else ""
+    return ApiError(413, "too_many_pixels", f"the image{size} has more than the limit of {max_pixels} pixels")
+
+
+def _undecodable(error: BaseException) -> ApiError:
+    return ApiError(400, "undecodable_image", f"the image cannot be decoded: {error}")

@@ -1,0 +1,104 @@
+"""Work functions of the job kinds, run inside the job's own process by service.job_worker.
+
+Signature: `work(params: dict, report: Callable[[float, str], None]) -> dict` (the job's result).
+`train` and `evaluate` are placeholders until the training issue provides their work: they fail
+the job with a clear message instead of pretending to run.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from service.jobs import JobInputError
+
+Report = Callable[[float, str], None]
+
+# Progress shares of an index build: listing, embedding (most of the time), assembling + publishing.
+_LISTED, _EMBEDDED = 0.05, 0.9
+# Small galleries embed faster in-process than with DataLoader worker processes.
+_INPROCESS_LOADING_MAX = 256
+
+
+def build_index(params: dict[str, Any], report: Report) -> dict[str, Any]:
+    """Build an index: params gallery, checkpoint, out, name, index_type, tokens, device."""
+    import indexer
+
+    try:
+        gallery = indexer.read_gallery(params["gallery"])
+    except indexer.IndexerError as error:
+        raise JobInputError(str(error)) from None
+    count = len(gallery)
+    report(_LISTED, f"listed {count} photos")
+    # About 20 shards, so that finished shards give a progress signal (they are the unit of resumption).
+    shard_size = max(1, min(512, math.ceil(count / 20)))
+    shards_total = math.ceil(count / shard_size)
+    out = Path(params["out"])
+    watcher = _ShardProgress(out, shards_total, report)
+    watcher.start()
+    try:
+        built = indexer.build(
+            gallery, params["checkpoint"], out, index_type=params.get("index_type"),
+            tokens=params.get("tokens", "fp16"), device=params.get("device", "auto"), name=params.get("name"),
+            shard_size=shard_size, num_workers=0 if count <= _INPROCESS_LOADING_MAX else None, progress=True,
+        )
+    except indexer.IndexerError as error:
+        raise JobInputError(str(error)) from None
+    finally:
+        watcher.stop()
+    report(_EMBEDDED, "published; the server opens it next")
+    with indexer.open(built) as index:
+        size, has_tokens = len(index), index.has_tokens
+    return {"index_dir": str(built), "name": params.get("name") or built.name, "size": size,
+            "has_tokens": has_tokens, "skipped": count - size}
+
+
+class _ShardProgress:
+    """Reports embedding progress from the shard files the indexer writes as it goes
+    (`.<name>.work-*/shard-*.npz` next to the output): each finished shard is one step."""
+
+    def __init__(self, out: Path, shards_total: int, report: Report, interval: float = 0.5) -> None:
+        self.out = out
+        self.shards_total = max(1, shards_total)
+        self.report = report
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shard-progress", daemon=True)
+        self._last = -1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()  # the last shards may have landed since the previous poll
+
+    def _poll(self) -> None:
+        done = sum(1 for _ in self.out.parent.glob(f".{self.out.name}.work-*/shard-*.npz"))
+        if done > self._last:
+            self._last = done
+            fraction = min(1.0, done / self.shards_total)
+            self.report(_LISTED + (_EMBEDDED - _LISTED) * fraction,
+                        f"embedded {min(done, self.shards_total)}/{self.shards_total} shards")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._poll()
+
+
+def train(params: dict[str, Any], report: Report) -> dict[str, Any]:
+    raise NotImplementedError(
+        "training is not implemented yet: the request was validated and queued, but the training "
+        "work lands with the training issue"
+    )
+
+
+def evaluate(params: dict[str, Any], report: Report) -> dict[str, Any]:
+    raise NotImplementedError(
+        "evaluation is not implemented yet: the request was validated and queued, but the evaluation "
+        "work lands with the training issue"
+    )
