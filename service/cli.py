@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "indexer.cli",
     "service.serve_cli",
     "training.cli",
+    "training.demo_cli",
 )
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
-from service.api.routes import evaluation, explain, health, images, indexes, jobs, search, training
+from service.api.routes import evaluation, explain, health, images, indexes, jobs, search, training, web
 from service.engine import SearchEngine
 from service.errors import install_error_handlers
 from service.jobs import Job, JobManager, JobStore
@@ -66,8 +67,9 @@ def create_app(settings: Settings, *, engine: SearchEngine | None = None, job_ma
     app.state.metrics = metrics
 
     install_error_handlers(app)
-    for module in (search, images, explain, indexes, jobs, training, evaluation, health):
+    for module in (search, images, explain, indexes, jobs, training, evaluation, health, web):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
 
     # Added innermost first: metrics see every response, the body limit runs before any parsing.
     if settings.cors_origins:
