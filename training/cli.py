@@ -1,0 +1,142 @@
+"""`sbir train` and `sbir evaluate`.
+
+Registration imports nothing heavy (no torch): handlers import the training modules when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+# The contract's names; `qmul-shoe` (Shoe-V2 test) is accepted too.
+EVALUATE_DATASETS = (
+    "sketchy25",
+    "sketchy21",
+    "tuberlin",
+    "quickdraw",
+    "qmul-chair",
+    "qmul-shoe",
+    "generic",
+    "openmoji-demo",
+)
+
+
+def register(subparsers: Any) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train a ZSE-SBIR or AMFF model from a YAML or JSON config",
+        description="Train from a config file (examples in configs/). Under torchrun (WORLD_SIZE > 1) "
+        "it trains data-parallel on all processes.",
+    )
+    train.add_argument("--config", required=True, metavar="FILE", help="YAML or JSON training config")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run from RUN_DIR/checkpoints/last.pt"
+    )
+    train.set_defaults(handler=_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="measure a checkpoint on a zero-shot split and write a JSON report",
+        description="Zero-shot evaluation: mAP@all, mAP@200, Prec@100, Prec@200 (and acc@1 / acc@10 for "
+        "fine-grained and instance data), in the reference's and the standard definitions.",
+    )
+    evaluate.add_argument("--checkpoint", required=True, metavar="CKPT")
+    evaluate.add_argument("--dataset", required=True, choices=EVALUATE_DATASETS)
+    evaluate.add_argument("--root", required=True, metavar="DIR", help="data root (see docs/datasets.md)")
+    evaluate.add_argument(
+        "--unseen",
+        metavar="FILE",
+        help="generic / openmoji-demo: file with the unseen class names, one a line",
+    )
+    evaluate.add_argument(
+        "--retrieval",
+        choices=("ret", "rn", "two-stage"),
+        default="ret",
+        help="ret: embedding distance; rn: every pair's relation score; two-stage: "
+        "ANN shortlist then relation re-rank (default: ret)",
+    )
+    evaluate.add_argument(
+        "--shortlist", type=int, default=100, metavar="K", help="two-stage shortlist size (default: 100)"
+    )
+    evaluate.add_argument("--quick", action="store_true", help="the reference's subsampled quick test")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    evaluate.add_argument("--num-workers", type=int, default=None, help="image loading processes")
+    evaluate.add_argument("--out", required=True, metavar="REPORT.json")
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from service.cli import CliError
+    from training.config import ConfigError, load_config
+    from training.datasets import DatasetError
+
+    try:
+        from training.train import TrainingError, train
+
+        config = load_config(args.config, **({"resume": True} if args.resume else {}))
+        report = train(config)
+    except (ConfigError, DatasetError, TrainingError) as error:
+        raise CliError(str(error)) from None
+    if report["rank"] == 0:  # under torchrun every process returns; one summary is enough
+        _print_json(
+            {
+                key: report[key]
+                for key in (
+                    "status",
+                    "message",
+                    "step",
+                    "total_steps",
+                    "last_checkpoint",
+                    "best_checkpoint",
+                    "best",
+                    "final_loss",
+                )
+            }
+        )
+    return 0 if report["status"] in ("completed", "stopped") else 1
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from service.cli import CliError
+
+    if args.shortlist < 1:
+        raise CliError(f"--shortlist must be at least 1, got {args.shortlist}")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    from models import CheckpointError
+    from training.datasets import DatasetError
+    from training.evaluate import EvaluationError, evaluate
+
+    try:
+        report = evaluate(
+            args.checkpoint,
+            args.dataset,
+            args.root,
+            retrieval=args.retrieval,
+            shortlist=args.shortlist,
+            unseen=args.unseen,
+            quick=args.quick,
+            batch_size=args.batch_size,
+            device=args.device,
+            out=args.out,
+            num_workers=args.num_workers,
+        )
+    except (CheckpointError, DatasetError, EvaluationError) as error:
+        raise CliError(str(error)) from None
+    _print_json(
+        {
+            "out": args.out,
+            "metrics": report["metrics"],
+            "pair_fraction": report["pair_fraction"],
+            "total_s": report["timings"]["total_s"],
+        }
+    )
+    return 0
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
