@@ -1,8 +1,8 @@
 """Work functions of the job kinds, run inside the job's own process by service.job_worker.
 
 Signature: `work(params: dict, report: Callable[[float, str], None]) -> dict` (the job's result).
-`train` and `evaluate` are placeholders until the training issue provides their work: they fail
-the job with a clear message instead of pretending to run.
+`train` and `evaluate` run the training package's functions; problems a person can fix (bad config,
+missing dataset files, unreadable checkpoint) fail the job with their message alone.
 """
 
 from __future__ import annotations
@@ -91,14 +91,34 @@ class _ShardProgress:
 
 
 def train(params: dict[str, Any], report: Report) -> dict[str, Any]:
-    raise NotImplementedError(
-        "training is not implemented yet: the request was validated and queued, but the training "
-        "work lands with the training issue"
-    )
+    """Run `training.train.train` on a config validated by the route; the result is its report."""
+    from models import CheckpointError
+    from training.config import ConfigError, config_from_dict
+    from training.datasets import DatasetError
+    from training.train import TrainingError
+    from training.train import train as run_training
+
+    try:
+        config = config_from_dict(params["config"], source="config")
+        if params.get("device") and params["device"] != "auto":
+            config = config.model_copy(update={"device": params["device"]})
+        return run_training(config, progress=report)
+    except (ConfigError, DatasetError, TrainingError, CheckpointError) as error:
+        raise JobInputError(str(error)) from None
 
 
 def evaluate(params: dict[str, Any], report: Report) -> dict[str, Any]:
-    raise NotImplementedError(
-        "evaluation is not implemented yet: the request was validated and queued, but the evaluation "
-        "work lands with the training issue"
-    )
+    """Run `training.evaluate.evaluate`; the result is the report `sbir evaluate` writes."""
+    from models import CheckpointError
+    from training.datasets import DatasetError
+    from training.evaluate import EvaluationError
+    from training.evaluate import evaluate as run_evaluation
+
+    try:
+        return run_evaluation(
+            params["checkpoint"], params["dataset"], params["root"], retrieval=params.get("retrieval", "ret"),
+            shortlist=params.get("shortlist", 100), unseen=params.get("unseen"), quick=params.get("quick", False),
+            device=params.get("device", "auto"), progress=report, num_workers=0,
+        )
+    except (DatasetError, EvaluationError, CheckpointError) as error:
+        raise JobInputError(str(error)) from None

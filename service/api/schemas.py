@@ -11,8 +11,10 @@ from service.jobs import Job
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["index_build", "train", "evaluate"]
-DatasetName = Literal["sketchy25", "sketchy21", "tuberlin", "quickdraw", "qmul-chair", "generic", "openmoji-demo"]
-RetrievalMode = Literal["category", "instance"]
+DatasetName = Literal[
+    "sketchy25", "sketchy21", "tuberlin", "quickdraw", "qmul-chair", "qmul-shoe", "generic", "openmoji-demo"
+]
+Retrieval = Literal["ret", "rn", "two-stage"]
 TokenFormat = Literal["fp16", "int8", "none"]
 
 # A folder name: no separators, no leading dot, so it cannot point anywhere but index_root/<name>.
@@ -155,23 +157,29 @@ class IndexPublic(BaseModel):
 
 
 class TrainCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """POST /train: a whole training config, as the YAML files under configs/ (validated before queueing).
 
-    dataset: DatasetName
-    root: str = Field(description="dataset folder under a data root")
-    checkpoint: str | None = Field(None, description="checkpoint to start from, under a data root")
-    retrieval_mode: RetrievalMode = "category"
-    config: dict[str, Any] = Field(default_factory=dict, description="training settings, passed through")
+    Paths in it (`run_dir`, `data.root`, `data.unseen`, `model.init_checkpoint`,
+    `model.overrides.pretrained_file`) must lie under a data root; relative ones are taken from the
+    first data root.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any] = Field(description="a training config: run_dir, seed, model, data, optim, ...")
+    resume: bool = Field(False, description="continue from run_dir/checkpoints/last.pt")
 
 
 class EvaluateCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """POST /evaluate: the same options as `sbir evaluate`."""
 
+    model_config = ConfigDict(extra="forbid")
     dataset: DatasetName
     root: str = Field(description="dataset folder under a data root")
     checkpoint: str | None = Field(None, description="checkpoint to evaluate (default: the one being served)")
-    retrieval_mode: RetrievalMode = "category"
-    config: dict[str, Any] = Field(default_factory=dict, description="evaluation settings, passed through")
+    retrieval: Retrieval = "ret"
+    shortlist: int = Field(100, ge=1, le=100_000, description="K of the two-stage path")
+    unseen: str | None = Field(None, description="file of unseen class names (generic layout), under a data root")
+    quick: bool = Field(False, description="the reference's subsampled quick test")
 
 
 # Health ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The job machinery: SQLite store, worker processes, cancel, restart recovery, placeholders."""
+"""The job machinery: SQLite store, worker processes, cancel, restart recovery, train and evaluate jobs."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def test_jobs_app(make_settings, tmp_path):
     return create_app(settings, job_manager=manager)
 
 
-TRAIN_BODY = {"dataset": "sketchy25", "root": "gallery"}
+TRAIN_BODY = {"config": {"run_dir": "runs/x", "model": {"name": "zse-tiny"},
+                         "data": {"dataset": "generic", "root": "gallery"}}}
+EVALUATE_BODY = {"dataset": "generic", "root": "gallery"}
 
 
 def test_store_transitions_and_counts(tmp_path):
@@ -121,7 +123,7 @@ def test_jobs_queue_beyond_the_concurrency_limit(test_jobs_app):
 
 def test_worker_failure_is_recorded_with_its_reason(test_jobs_app):
     with running(test_jobs_app) as client:
-        job_id = client.post("/evaluate", json=TRAIN_BODY, headers=auth()).json()["id"]
+        job_id = client.post("/evaluate", json=EVALUATE_BODY, headers=auth()).json()["id"]
         job = wait_for(client, job_id, lambda j: j["state"] == "failed")
         assert job["error"] == "RuntimeError: boom"
         assert any("Traceback" in line for line in job["log_tail"]) or "boom" in "\n".join(job["log_tail"])
@@ -136,30 +138,76 @@ def test_worker_does_not_inherit_the_admin_token(test_jobs_app, monkeypatch, wor
         assert job["result"]["admin_token_seen"] is None
 
 
-@pytest.mark.parametrize(("path", "kind"), [("/train", "training"), ("/evaluate", "evaluation")])
-def test_train_and_evaluate_fail_cleanly_until_implemented(make_settings, path, kind):
+def write_generic_dataset(root, seed: int = 0) -> None:
+    """ROOT/sketch/<class>/*.png and ROOT/photo/<class>/*.png, paired by file stem."""
+    from tests.service.conftest import draw_photo, sketch_png
+
+    for number in range(8):
+        label = ("circle", "square", "triangle", "cross")[number % 4]
+        for part in ("sketch", "photo"):
+            (root / part / label).mkdir(parents=True, exist_ok=True)
+        shape = "circle" if label == "circle" else "square"
+        (root / "sketch" / label / f"{number}.png").write_bytes(sketch_png(shape, size=64))
+        draw_photo(seed + number, shape).save(root / "photo" / label / f"{number}.png")
+
+
+def test_train_and_evaluate_jobs_complete_through_the_api(make_settings, workspace):
+    dataset = workspace.root / "generic-jobs"
+    write_generic_dataset(dataset)
+    (workspace.root / "unseen.txt").write_text("triangle\ncross\n")
+    train_body = {"config": {
+        "run_dir": "runs/api-train", "seed": 1, "model": {"name": "zse-tiny"},
+        "data": {"dataset": "generic", "root": "generic-jobs", "unseen": "unseen.txt", "num_workers": 0},
+        "optim": {"lr": 1e-4}, "zse": {"batch_size": 2},
+        "schedule": {"epochs": 1, "epoch_size": 4, "log_every": 1},
+        "validation": {"enabled": True, "quick": False, "batch_size": 8},
+    }}
     with running(create_app(make_settings())) as client:
-        created = client.post(path, json={**TRAIN_BODY, "config": {"epochs": 1}}, headers=auth())
+        created = client.post("/train", json=train_body, headers=auth())
         assert created.status_code == 202, created.text
-        assert created.json()["params"]["config"] == {"epochs": 1}
-        job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("succeeded", "failed"))
-        assert job["state"] == "failed"
-        assert job["error"].startswith(f"{kind} is not implemented yet")
+        params = created.json()["params"]["config"]
+        assert params["data"]["root"] == str(dataset) and params["run_dir"] == str(workspace.root / "runs/api-train")
+        job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("succeeded", "failed"), timeout=240)
+        assert job["state"] == "succeeded", job
+        assert job["result"]["status"] == "completed" and job["result"]["step"] == 2
+        best = workspace.root / "runs/api-train/checkpoints/best.pt"
+        assert best.is_file()
+
+        evaluate_body = {"dataset": "generic", "root": "generic-jobs", "unseen": "unseen.txt",
+                         "checkpoint": str(best), "retrieval": "two-stage", "shortlist": 3}
+        created = client.post("/evaluate", json=evaluate_body, headers=auth())
+        assert created.status_code == 202, created.text
+        job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("succeeded", "failed"), timeout=240)
+        assert job["state"] == "succeeded", job
+        report = job["result"]
+        assert set(report["metrics"]) >= {"map_all", "map_200", "prec_100", "prec_200"}
+        assert set(report["metrics_standard"]) >= {"map_all", "map_200", "prec_100", "prec_200"}
+        assert 0.0 <= report["metrics"]["map_all"] <= 1.0
+
+
+def test_train_config_errors_name_the_key(client):
+    body = {"config": {**TRAIN_BODY["config"], "optim": {"lr": "fast"}}}
+    error = assert_error(client.post("/train", json=body, headers=auth()), 422, "invalid_config")
+    assert "optim.lr" in error["message"]
+    body = {"config": {**TRAIN_BODY["config"], "surprise": 1}}
+    assert "surprise" in assert_error(client.post("/train", json=body, headers=auth()), 422, "invalid_config")["message"]
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"config": "not a dict"},
+    {"config": {}, "surprise": 1},
+])
+def test_invalid_train_bodies_are_422(client, body):
+    assert_error(client.post("/train", json=body, headers=auth()), 422, "validation_error")
 
 
 @pytest.mark.parametrize("body", [
     {"dataset": "imagenet", "root": "gallery"},
     {"dataset": "sketchy25"},
-    {"dataset": "sketchy25", "root": "gallery", "retrieval_mode": "semantic"},
-    {"dataset": "sketchy25", "root": "gallery", "config": "not a dict"},
+    {"dataset": "sketchy25", "root": "gallery", "retrieval": "semantic"},
+    {"dataset": "sketchy25", "root": "gallery", "shortlist": 0},
     {"dataset": "sketchy25", "root": "gallery", "surprise": 1},
 ])
-def test_invalid_train_bodies_are_422(client, body):
-    assert_error(client.post("/train", json=body, headers=auth()), 422, "validation_error")
+def test_invalid_evaluate_bodies_are_422(client, body):
     assert_error(client.post("/evaluate", json=body, headers=auth()), 422, "validation_error")
-
-
-def test_unknown_job_is_404(client):
-    assert_error(client.get("/jobs/does-not-exist"), 404, "unknown_job")
-    assert_error(client.delete("/jobs/does-not-exist", headers=auth()), 404, "unknown_job")
-    assert_error(client.get("/jobs", params={"state": "exploded"}), 422, "validation_error")

@@ -12,7 +12,7 @@ from tests.service.conftest import ADMIN_TOKEN, assert_error, running
 
 STATE_CHANGING = [
     ("post", "/index/build", {"gallery": "gallery-small", "name": "x"}),
-    ("post", "/train", {"dataset": "sketchy25", "root": "gallery"}),
+    ("post", "/train", {"config": {"run_dir": "runs/x", "data": {"dataset": "generic", "root": "gallery"}}}),
     ("post", "/evaluate", {"dataset": "sketchy25", "root": "gallery"}),
     ("delete", "/jobs/some-job", None),
 ]
@@ -53,7 +53,7 @@ def test_empty_token_setting_means_disabled(make_settings):
 
 def test_token_never_appears_in_logs_or_errors(client, caplog):
     caplog.set_level(logging.DEBUG)
-    response = call(client, "post", "/train", {"dataset": "sketchy25", "root": "/etc"},
+    response = call(client, "post", "/train", {"config": {"run_dir": "r", "data": {"dataset": "generic", "root": "/etc"}}},
                     {"Authorization": "Bearer wrong-guess"})
     assert ADMIN_TOKEN not in response.text
     assert ADMIN_TOKEN not in caplog.text and "wrong-guess" not in caplog.text
@@ -93,9 +93,10 @@ def test_symlink_escape_is_403(make_settings, workspace, outside, tmp_path):
     with running(create_app(make_settings(data_roots=[root, workspace.root]))) as client:
         assert_error(build(client, "innocent"), 403, "path_outside_data_roots")
         assert_error(build(client, str(root / "innocent" / "cls")), 403, "path_outside_data_roots")
-        response = client.post("/train", json={"dataset": "generic", "root": "innocent"},
+        response = client.post("/train", json={"config": {"run_dir": "runs/x",
+                                                          "data": {"dataset": "generic", "root": "innocent"}}},
                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        assert assert_error(response, 403, "path_outside_data_roots")["field"] == "root"
+        assert assert_error(response, 403, "path_outside_data_roots")["field"] == "config.data.root"
         assert build(client, "linked-inside").status_code == 202
 
 

@@ -80,7 +80,7 @@ def test_sbir_serve_answers_over_http(server):
 
         bad = http.post("/search", files={"sketch": ("s.png", b"nope", "image/png")})
         assert bad.status_code == 415 and bad.json()["error"]["code"] == "unsupported_media_type"
-        assert http.post("/train", json={"dataset": "sketchy25", "root": "gallery"}).status_code == 401
+        assert http.post("/train", json={"config": {}}).status_code == 401
         assert "sbir_http_requests_total" in http.get("/metrics").text
 
     process.send_signal(signal.SIGINT)

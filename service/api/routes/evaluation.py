@@ -1,4 +1,4 @@
-"""POST /evaluate: an evaluation job (its work lands with the training issue)."""
+"""POST /evaluate: an evaluation job running `training.evaluate.evaluate` in its own process."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ router = APIRouter(tags=["evaluation"])
 )
 def start_evaluation(body: EvaluateCreate, response: Response, jobs: JobsDep, engine: EngineDep,
                      settings: SettingsDep) -> JobPublic:
-    """Queue an evaluation job of `checkpoint` (default: the served one) on a dataset. For now the
-    job fails with "evaluation is not implemented yet"."""
+    """Queue an evaluation of `checkpoint` (default: the served one); the job's result is the report
+    `sbir evaluate` writes (metrics, metrics_standard, sizes, timings)."""
     root = resolve_under_roots(body.root, settings.data_roots, "root")
     if body.checkpoint is not None:
         checkpoint = str(resolve_under_roots(body.checkpoint, settings.data_roots, "checkpoint"))
@@ -31,9 +31,10 @@ def start_evaluation(body: EvaluateCreate, response: Response, jobs: JobsDep, en
     else:
         raise ApiError(422, "checkpoint_required", "checkpoint: no model is being served, so name one",
                        field="checkpoint")
+    unseen = None if body.unseen is None else str(resolve_under_roots(body.unseen, settings.data_roots, "unseen"))
     job = jobs.submit("evaluate", {
-        "dataset": body.dataset, "root": str(root), "checkpoint": checkpoint,
-        "retrieval_mode": body.retrieval_mode, "config": body.config, "device": settings.device,
+        "dataset": body.dataset, "root": str(root), "checkpoint": checkpoint, "retrieval": body.retrieval,
+        "shortlist": body.shortlist, "unseen": unseen, "quick": body.quick, "device": settings.device,
     })
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobPublic.from_job(job)
