@@ -29,5 +29,13 @@ lint: install
 test: lint browser
 	$(PY) -m pytest -q
 
+# The demo: OpenMoji from the npm registry, the committed demo weights, the page on port 8000.
+DEMO_WEIGHTS := weights/zse-openmoji-demo.pt
+DEMO_INDEX := data/indexes/openmoji-demo
+
 run: install
-	$(VENV)/bin/sbir --help
+	$(VENV)/bin/sbir demo prepare --out data/demo
+	$(VENV)/bin/sbir demo index --data data/demo --checkpoint $(DEMO_WEIGHTS) --out $(DEMO_INDEX)
+	@echo "Open http://127.0.0.1:8000 in a browser (Ctrl-C stops the server)."
+	SBIR_DATA_ROOTS='["data"]' $(VENV)/bin/sbir serve --index $(DEMO_INDEX) --checkpoint $(DEMO_WEIGHTS) \
+	  --host 127.0.0.1 --port 8000

@@ -110,9 +110,12 @@ class ZSESection(_Section):
     """ZSE-SBIR triplet training (reference: 15 triplets a step, margin 1, weights 2 and 4).
 
     batch_size is per process: under torchrun each GPU takes this many triplets a step.
+    positive: ``class`` (the reference: any photo of the sketch's class) or ``instance`` (the sketch's
+        own photo where the data pairs them, e.g. the OpenMoji demo).
     """
 
     batch_size: int = Field(default=15, ge=1)
+    positive: Literal["class", "instance"] = "class"
     triplet_margin: float = Field(default=1.0, ge=0.0)
     triplet_weight: float = Field(default=2.0, ge=0.0)
     relation_weight: float = Field(default=4.0, ge=0.0)

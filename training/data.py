@@ -259,6 +259,11 @@ class TripletDataset(Dataset[dict[str, torch.Tensor]]):
     a photo of ``b``, each uniformly; all from a generator seeded with ``(seed, e, i)``. The
     reference draws three distinct classes and uses the first and the last, which is the same law.
 
+    With ``positive="instance"`` the positive is the sketch's own photo (``split.pairs``) where it has
+    one, instead of any photo of its class: for paired data such as the OpenMoji demo, where a class
+    (subgroup) holds very different pictures and a small model trained from scratch otherwise gets
+    no usable signal. The negative is drawn as before.
+
     Items: ``{"sketch", "positive", "negative"}`` [3, S, S] float32, ``"indices"`` [3] int64
     (sketch, positive, negative positions), ``"labels"`` [2] int64 (a, b).
     """
@@ -270,7 +275,13 @@ class TripletDataset(Dataset[dict[str, torch.Tensor]]):
         seed: int,
         sketch_augment: SketchAugment | None = None,
         image_size: int = 224,
+        positive: str = "class",
     ) -> None:
+        if positive not in ("class", "instance"):
+            raise ValueError(f"positive must be 'class' or 'instance', not {positive!r}")
+        if positive == "instance" and split.pairs is None:
+            raise DatasetError("instance positives need sketch-photo pairs (pairing by file stem)")
+        self.positive = positive
         self.split = split
         self.length = length
         self.seed = seed
@@ -296,9 +307,13 @@ class TripletDataset(Dataset[dict[str, torch.Tensor]]):
         anchor = classes.paired[int(rng.integers(len(classes.paired)))]
         others = [c for c in classes.with_photos if c != anchor]
         negative_class = others[int(rng.integers(len(others)))]
+        sketch = _choice(rng, classes.sketches_by_class[anchor])
+        positive = _choice(rng, classes.photos_by_class[anchor])
+        if self.positive == "instance" and self.split.pairs is not None and self.split.pairs[sketch] >= 0:
+            positive = self.split.pairs[sketch]
         return TripletDraw(
-            sketch=_choice(rng, classes.sketches_by_class[anchor]),
-            positive=_choice(rng, classes.photos_by_class[anchor]),
+            sketch=sketch,
+            positive=positive,
             negative=_choice(rng, classes.photos_by_class[negative_class]),
             label=anchor,
             negative_label=negative_class,

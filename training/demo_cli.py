@@ -1,4 +1,4 @@
-"""`sbir demo ...`: prepare the OpenMoji demo dataset (see training.demo_data)."""
+"""`sbir demo ...`: prepare the OpenMoji demo dataset (see training.demo_data) and index it."""
 
 from __future__ import annotations
 
@@ -34,6 +34,17 @@ def register(subparsers: Any) -> None:
     prepare.add_argument("--workers", type=int, default=2, help="rendering processes (default: %(default)s)")
     prepare.set_defaults(handler=_prepare)
 
+    index = commands.add_parser(
+        "index",
+        help="build the demo index (all colour images) unless one built with these weights exists",
+        description="Index data/demo/manifest.csv with the demo checkpoint. An index already built from "
+        "the same checkpoint is kept as it is, so a second `make run` starts in seconds.",
+    )
+    index.add_argument("--data", default="data/demo", help="prepared demo dataset (default: %(default)s)")
+    index.add_argument("--checkpoint", default="weights/zse-openmoji-demo.pt", help="default: %(default)s")
+    index.add_argument("--out", default="data/indexes/openmoji-demo", help="index directory (default: %(default)s)")
+    index.set_defaults(handler=_index)
+
 
 def _prepare(args: argparse.Namespace) -> int:
     from service.cli import CliError
@@ -50,4 +61,32 @@ def _prepare(args: argparse.Namespace) -> int:
     except DemoDataError as error:
         raise CliError(str(error)) from None
     print(report.summary())
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import indexer
+    from models import checkpoint_hash
+    from service.cli import CliError
+
+    checkpoint, out = Path(args.checkpoint), Path(args.out)
+    gallery = Path(args.data) / "manifest.csv"
+    if not checkpoint.is_file():
+        raise CliError(f"checkpoint {checkpoint} does not exist")
+    if not gallery.is_file():
+        raise CliError(f"{gallery} does not exist: run `sbir demo prepare` first")
+    if (out / "manifest.json").is_file():
+        try:
+            with indexer.open(out, checkpoint_hash=checkpoint_hash(checkpoint)) as existing:
+                print(f"{out}: up to date ({len(existing)} images)")
+                return 0
+        except indexer.IndexMismatchError:
+            print(f"{out}: built with other weights, rebuilding")
+    try:
+        indexer.build(gallery, checkpoint, out, tokens="fp16", name="openmoji-demo", progress=True)
+    except indexer.IndexerError as error:
+        raise CliError(str(error)) from None
+    print(f"{out}: built")
     return 0

@@ -389,7 +389,8 @@ def build_data(config: TrainConfig, runtime: Runtime) -> TrainingData:
         epoch_size = config.schedule.epoch_size or _zse_epoch_size()
         steps = epoch_size // (batch * world)
         _check_steps(steps, epoch_size, batch * world)
-        dataset = TripletDataset(train_split, steps * batch * world, config.seed, augment, image_size)
+        dataset = TripletDataset(train_split, steps * batch * world, config.seed, augment, image_size,
+                                 positive=config.zse_settings.positive)
         sampler = StreamSampler(len(dataset), runtime.rank, world)
         loader = DataLoader(
             dataset, batch_size=batch, sampler=sampler, drop_last=True, **_loader_options(config, runtime)
