@@ -28,6 +28,11 @@ def register(subparsers: Any) -> None:
     build.add_argument("--tokens", choices=TOKEN_CHOICES, default="fp16",
                        help="token store for relation re-ranking (default fp16)")
     build.add_argument("--name", default=None, help="index name (default: the --out folder name)")
+    build.add_argument("--patch-index", action="store_true",
+                       help="also index every patch token and its pixels, for gallery-wide sketch-to-photo "
+                            "synthesis (GET /explain ...?kind=synthesis&source=gallery); needs --tokens fp16|int8")
+    build.add_argument("--patch-index-type", metavar="FACTORY", default=None,
+                       help="FAISS factory of the patch index (default by patch count: Flat, else IVF,PQ)")
     _embedding_arguments(build)
     build.set_defaults(handler=_build)
 
@@ -64,6 +69,7 @@ def _build(args: argparse.Namespace) -> int:
         args.gallery, args.checkpoint, args.out, index_type=args.index_type, tokens=args.tokens,
         batch_size=args.batch_size, device=args.device, num_workers=args.workers,
         progress=not args.no_progress, root=args.root, name=args.name,
+        patch_index=args.patch_index or args.patch_index_type is not None, patch_index_type=args.patch_index_type,
     ))
     _summary(out)
     return 0
@@ -104,7 +110,8 @@ def _summary(directory: Path) -> None:
     manifest = read_manifest(directory)
     print(f"{directory}: {manifest['count']} photos, {manifest['skipped']} skipped "
           f"(see {manifest['files']['skipped']}), FAISS {manifest['faiss']['factory']}, "
-          f"tokens {manifest['tokens']['format']}")
+          f"tokens {manifest['tokens']['format']}"
+          + (f", patch index {manifest['patch_index']['factory']}" if manifest.get("patch_index") else ""))
 
 
 def _run(action: Any) -> Any:

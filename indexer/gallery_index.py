@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ class GalleryIndex:
 
         self.directory = directory
         self.manifest = manifest
+        self._patch_index: Any = None  # opened on first use of `patch_index`
+        self._patch_lock = threading.Lock()
         self._index: Any = faiss.read_index(str(directory / INDEX_FILE))
         self._params = {key: int(manifest["faiss"][key]) for key in ("nprobe", "efSearch") if key in manifest["faiss"]}
         faiss_index.apply_search_params(self._index, self._params)
@@ -133,6 +136,19 @@ class GalleryIndex:
         rows = self._records.rows(_as_ids(ids))
         return torch.from_numpy(self._tokens.gather_kept(rows))
 
+    @property
+    def patch_index(self) -> Any:
+        """The `PatchIndex` of an index built with `--patch-index` (opened on first use), else None."""
+        entry = self.manifest.get("patch_index")
+        if entry is None:
+            return None
+        with self._patch_lock:
+            if self._patch_index is None:
+                from indexer.patch_index import PatchIndex
+
+                self._patch_index = PatchIndex(self.directory, entry, self._records.rows)
+            return self._patch_index
+
     def record(self, image_id: int) -> ImageRecord:
         """The photo behind `image_id`; KeyError when the index has no such id."""
         return self._records.record(int(image_id))
@@ -141,6 +157,9 @@ class GalleryIndex:
         self._records.close()
         if self._tokens is not None:
             self._tokens.close()
+        if self._patch_index is not None:
+            self._patch_index.close()
+            self._patch_index = None
         self._index = None
         self._gpu_index = None
 

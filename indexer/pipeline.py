@@ -70,6 +70,8 @@ def build(
     root: str | os.PathLike[str] | None = None,
     name: str | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    patch_index: bool = False,
+    patch_index_type: str | None = None,
 ) -> Path:
     """Embed `gallery` with `checkpoint` into a new index directory published at `out`; returns `out`.
 
@@ -77,6 +79,8 @@ def build(
     index_type: FAISS factory string; None picks one by gallery size (`faiss_index.default_factory`).
     tokens: token store format, fp16 | int8 | none. device: auto | cpu | cuda.
     shard_size: photos per resumable shard; rerunning with the same arguments skips finished shards.
+    patch_index: also index every patch token for gallery-wide synthesis (`indexer.patch_index`);
+    patch_index_type: its FAISS factory (None: chosen by patch count). Needs a token store.
     Ids are 0..N-1 in gallery order (unreadable photos keep their id unused).
     """
     settings = _settings(tokens, batch_size, device, num_workers, shard_size)
@@ -89,12 +93,13 @@ def build(
         settings = _with_token_format(settings, loaded)
         factory = index_type if index_type is not None else faiss_index.default_factory(len(listing), loaded.embed_dim)
         faiss_index.check_factory(factory, loaded.embed_dim, len(listing))
+        patch_factory = _patch_factory(patch_index, patch_index_type, loaded, settings, len(listing))
         ids = np.arange(len(listing), dtype=np.int64)
         work_dir = _work_dir(out, listing, loaded, settings, first_id=0, base=None)
         shards = embed_shards(listing.items, ids, loaded.model, _photo_preprocess(), work_dir, settings, progress)
         try:
             _stage_and_publish(out, lambda staging: _assemble_build(
-                staging, shards, listing, ids, loaded, settings, factory, name or out.name, work_dir))
+                staging, shards, listing, ids, loaded, settings, factory, name or out.name, work_dir, patch_factory))
         except FactoryError as error:
             # The index type is not part of the work directory's name, so the embeddings can be reused.
             raise FactoryError(f"{error}; embeddings kept in {work_dir}: rerun with another --index-type "
@@ -144,7 +149,7 @@ def add(
         work_dir = _work_dir(directory, fresh, loaded, settings, first_id=first_id, base=base)
         shards = embed_shards(fresh.items, ids, loaded.model, _photo_preprocess(), work_dir, settings, progress)
         _stage_and_publish(directory, lambda staging: _assemble_add(
-            staging, directory, manifest, shards, fresh, ids, settings, work_dir))
+            staging, directory, manifest, shards, fresh, ids, settings, work_dir, loaded))
         _remove_work_dirs(directory)
     return directory
 
@@ -163,6 +168,22 @@ def load_model(checkpoint: str | os.PathLike[str], device: Any) -> LoadedModel:
     model = model.to(device).eval()
     return LoadedModel(model, path, models.checkpoint_hash(path), model.config.name, model.family,
                        int(model.embed_dim))
+
+
+def _patch_factory(wanted: bool, factory: str | None, loaded: LoadedModel, settings: EmbedSettings,
+                   photos: int) -> str | None:
+    """The patch index's FAISS factory, checked before any embedding; None without `--patch-index`."""
+    if not wanted:
+        return None
+    if settings.token_format == "none":
+        raise IndexerError("--patch-index needs a token store (--tokens fp16 or int8) and a ZSE model")
+    from indexer import patch_index
+
+    dim = int(loaded.model.token_shape[1])
+    patches = photos * int(loaded.model.config.num_tokens)
+    chosen = factory if factory is not None else patch_index.default_patch_factory(patches, dim)
+    patch_index.check_patch_factory(chosen, dim, patches)
+    return chosen
 
 
 def _photo_preprocess() -> Any:
@@ -290,7 +311,8 @@ def _gallery_entry(listing: Gallery, ids: np.ndarray, skipped: int) -> dict[str,
 
 
 def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids: np.ndarray, loaded: LoadedModel,
-                    settings: EmbedSettings, factory: str, name: str, work_dir: Path) -> None:
+                    settings: EmbedSettings, factory: str, name: str, work_dir: Path,
+                    patch_factory: str | None = None) -> None:
     """Write a complete index directory into `staging` from finished shards."""
     import faiss
 
@@ -306,8 +328,15 @@ def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids
                           contents.kept)
     if layout["format"] != "none":
         layout["segments"].append(write_segment(staging, layout, len(contents.ids), _token_chunks(shards)))
-    write_records(staging, _records(listing.items, ids, contents.ids))
+    records = _records(listing.items, ids, contents.ids)
+    write_records(staging, records)
     _write_skipped(staging / SKIPPED_FILE, contents.skipped)
+    extra: dict[str, Any] = {}
+    if patch_factory is not None and layout["format"] != "none":
+        from indexer.patch_index import build_patch_index
+
+        extra["patch_index"] = build_patch_index(staging, layout, contents.ids, [r.path for r in records],
+                                                 patch_factory, loaded.model.config)
     created = now()
     write_manifest(staging, {
         "format_version": FORMAT_VERSION,
@@ -325,11 +354,13 @@ def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids
         "tokens": layout,
         "galleries": [_gallery_entry(listing, ids, len(contents.skipped))],
         "files": _file_names(),
+        **extra,
     })
 
 
 def _assemble_add(staging: Path, directory: Path, manifest: dict[str, Any], shards: Sequence[Path],
-                  fresh: Gallery, ids: np.ndarray, settings: EmbedSettings, work_dir: Path) -> None:
+                  fresh: Gallery, ids: np.ndarray, settings: EmbedSettings, work_dir: Path,
+                  loaded: LoadedModel) -> None:
     """Write `directory`'s index extended by the new shards into `staging`."""
     import faiss
 
@@ -347,7 +378,16 @@ def _assemble_add(staging: Path, directory: Path, manifest: dict[str, Any], shar
             raise IndexMismatchError(f"new tokens have shape {contents.token_shape}, the store {layout['shape']}")
         link_segments(directory, staging, layout)
         layout["segments"].append(write_segment(staging, layout, len(contents.ids), _token_chunks(shards)))
-    write_records(staging, _records(fresh.items, ids, contents.ids), previous=directory)
+    records = _records(fresh.items, ids, contents.ids)
+    write_records(staging, records, previous=directory)
+    extra: dict[str, Any] = {}
+    if manifest.get("patch_index") is not None:
+        # The patch index grows with the gallery, as the FAISS index does (no retraining).
+        from indexer.patch_index import extend_patch_index
+
+        extra["patch_index"] = extend_patch_index(directory, staging, manifest["patch_index"], layout, contents.ids,
+                                                  [r.path for r in records], int(manifest["count"]),
+                                                  loaded.model.config)
     _write_skipped(staging / SKIPPED_FILE, contents.skipped, previous=directory / SKIPPED_FILE)
     params = {key: manifest["faiss"][key] for key in ("nprobe", "efSearch") if key in manifest["faiss"]}
     write_manifest(staging, {
@@ -359,6 +399,7 @@ def _assemble_add(staging: Path, directory: Path, manifest: dict[str, Any], shar
         "faiss": faiss_index.metadata(index, manifest["faiss"]["factory"], params),
         "tokens": layout,
         "galleries": [*manifest.get("galleries", []), _gallery_entry(fresh, ids, len(contents.skipped))],
+        **extra,
     })
 
 

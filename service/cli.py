@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "models.cli",
     "indexer.cli",
     "service.serve_cli",
+    "service.explain_cli",
     "training.cli",
     "training.demo_cli",
 )
