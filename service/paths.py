@@ -41,3 +41,14 @@ def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exi
     if must_exist and not real.exists():
         raise ApiError(400, "path_not_found", f"{field}: {raw!r} does not exist", field=field)
     return real
+
+
+def outside_roots(paths: Sequence[Path], roots: Sequence[Path]) -> list[Path]:
+    """The paths whose real path (symlinks resolved) lies under none of the roots."""
+    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    outside = []
+    for path in paths:
+        real = Path(os.path.realpath(path))
+        if not any(real == root or real.is_relative_to(root) for root in real_roots):
+            outside.append(path)
+    return outside

@@ -31,6 +31,13 @@ def build_index(params: dict[str, Any], report: Report) -> dict[str, Any]:
         gallery = indexer.read_gallery(params["gallery"])
     except indexer.IndexerError as error:
         raise JobInputError(str(error)) from None
+    if "data_roots" in params:
+        from service.paths import outside_roots
+
+        outside = outside_roots([item.path for item in gallery.items], [Path(r) for r in params["data_roots"]])
+        if outside:
+            shown = ", ".join(str(path) for path in outside[:3])
+            raise JobInputError(f"gallery: {len(outside)} photo(s) lie outside the data roots, e.g. {shown}")
     count = len(gallery)
     report(_LISTED, f"listed {count} photos")
     # About 20 shards, so that finished shards give a progress signal (they are the unit of resumption).

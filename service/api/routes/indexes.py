@@ -49,6 +49,8 @@ def build_index(body: IndexBuildCreate, response: Response, engine: EngineDep, j
     job = jobs.submit("index_build", {
         "gallery": str(gallery), "checkpoint": str(model.checkpoint), "out": str(out), "name": body.name,
         "index_type": body.index_type, "tokens": body.tokens, "device": settings.device, "activate": body.activate,
+        # A manifest under a data root may still name photos elsewhere: the job checks every item.
+        "data_roots": [str(root) for root in settings.data_roots],
     })
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobPublic.from_job(job)

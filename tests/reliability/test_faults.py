@@ -1,0 +1,245 @@
+"""Faults: the server killed (SIGKILL, no shutdown code runs) during an index build job and during
+searches; a full disk and an unwritable output directory during a build. Afterwards the published
+index is byte-for-byte intact and serves, jobs are failed with their reason, nothing half-built is
+published."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import indexer
+from service.jobs import RESTART_REASON
+from service.main import create_app
+from tests.service.conftest import ADMIN_TOKEN, auth, running, sketch_png
+from tests.service.test_server import PROJECT_ROOT, free_port
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under `folder`."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+class Server:
+    """`python -m service.cli serve` on a loopback port, over a state folder that outlives it."""
+
+    def __init__(self, workspace, state: Path) -> None:
+        self.workspace, self.state = workspace, state
+        self.process: subprocess.Popen | None = None
+        self.base = ""
+
+    def start(self, timeout: float = 120.0) -> httpx.Client:
+        port = free_port()
+        environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "SBIR_JOBS_DB": str(self.state / "jobs.sqlite3"),
+                       "SBIR_DATA_ROOTS": f'["{self.workspace.root}"]', "SBIR_ADMIN_TOKEN": ADMIN_TOKEN,
+                       "SBIR_DEVICE": "cpu", "SBIR_INDEX_ROOT": str(self.state / "indexes")}
+        log = open(self.state / "server.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--index", str(self.state / "indexes" / "main"),
+             "--checkpoint", str(self.workspace.checkpoint), "--port", str(port)],
+            cwd=self.state, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, self.log()
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return httpx.Client(base_url=self.base, timeout=60)
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return (self.state / "server.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def server(workspace, tmp_path):
+    (tmp_path / "indexes").mkdir()
+    shutil.copytree(workspace.index_dir, tmp_path / "indexes" / "main")
+    started = Server(workspace, tmp_path)
+    yield started
+    started.stop()
+
+
+def search_ids(http: httpx.Client) -> list[int]:
+    response = http.post("/search", params={"k": 8}, files={"sketch": ("s.png", sketch_png("circle"), "image/png")})
+    assert response.status_code == 200, response.text
+    return [hit["image_id"] for hit in response.json()["results"]]
+
+
+def wait_gone(pid: int, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_server_killed_during_an_index_build(server):
+    published = server.state / "indexes" / "main"
+    before = tree_digest(published)
+    with server.start() as http:
+        expected = search_ids(http)
+        response = http.post("/index/build", json={"gallery": "gallery", "name": "rebuilt"}, headers=auth())
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        deadline = time.monotonic() + 60
+        while http.get(f"/jobs/{job_id}").json()["state"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert http.get(f"/jobs/{job_id}").json()["state"] == "running"
+    server.kill()
+
+    with sqlite3.connect(server.state / "jobs.sqlite3") as connection:
+        (worker_pid,) = connection.execute("SELECT pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if worker_pid is not None:
+        # The orphaned worker notices its server is gone and exits by itself.
+        if not wait_gone(worker_pid):
+            os.killpg(worker_pid, signal.SIGKILL)
+            pytest.fail("the worker outlived its server by 30 s")
+
+    with server.start() as http:
+        job = http.get(f"/jobs/{job_id}").json()
+        assert job["state"] == "failed" and job["error"] == RESTART_REASON, job
+        assert search_ids(http) == expected
+        assert http.get("/index").json()["name"] == "main"
+    assert tree_digest(published) == before
+    rebuilt = server.state / "indexes" / "rebuilt"
+    if rebuilt.exists():  # published only if the worker got that far: then it must be whole
+        with indexer.open(rebuilt) as index:
+            assert len(index) == 8
+
+
+def test_server_killed_during_searches(server):
+    published = server.state / "indexes" / "main"
+    before = tree_digest(published)
+    outcomes: list[object] = []
+    with server.start() as http:
+        expected = search_ids(http)
+
+        def hammer() -> None:
+            with httpx.Client(base_url=server.base, timeout=30) as client:
+                while True:
+                    try:
+                        search_ids(client)
+                        outcomes.append("ok")
+                    except httpx.TransportError as error:
+                        outcomes.append(error)
+                        return
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while outcomes.count("ok") < 8:  # searches are flowing
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.kill()
+        for thread in threads:
+            thread.join(30)
+    assert sum(isinstance(outcome, httpx.TransportError) for outcome in outcomes) == 4  # cut mid-flight
+
+    assert tree_digest(published) == before
+    with server.start() as http:
+        assert search_ids(http) == expected
+
+
+# --- full disk, unwritable output -------------------------------------------------------------------
+
+def _fail_writes_under(monkeypatch, folder: Path, error_number: int) -> None:
+    """Every os.replace/os.rename/os.open-for-writing under `folder` raises OSError(error_number)."""
+    real_replace, real_rename = os.replace, os.rename
+
+    def refuse(real):
+        def call(source, target, *args, **kwargs):
+            if str(folder) in os.fspath(target) or str(folder) in os.fspath(source):
+                raise OSError(error_number, os.strerror(error_number), os.fspath(target))
+            return real(source, target, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "replace", refuse(real_replace))
+    monkeypatch.setattr(os, "rename", refuse(real_rename))
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(path.name for path in parent.iterdir() if ".staging-" in path.name or ".tmp-" in path.name)
+
+
+@pytest.mark.parametrize("error_number", [errno.ENOSPC, errno.EACCES])
+def test_disk_full_or_unwritable_fails_a_first_build_and_publishes_nothing(workspace, tmp_path, monkeypatch,
+                                                                             error_number):
+    out = tmp_path / "indexes" / "fresh"
+    _fail_writes_under(monkeypatch, tmp_path / "indexes", error_number)
+    with pytest.raises(OSError) as raised:
+        indexer.build(workspace.gallery_small, workspace.checkpoint, out, device="cpu", num_workers=0, progress=False)
+    assert raised.value.errno == error_number
+    assert os.strerror(error_number) in str(raised.value)
+    assert not out.exists()
+    monkeypatch.undo()
+    assert _leftovers(out.parent) == []
+
+
+def test_disk_full_during_a_rebuild_keeps_the_old_index(workspace, tmp_path, monkeypatch):
+    out = tmp_path / "indexes" / "main"
+    out.parent.mkdir()
+    shutil.copytree(workspace.index_dir, out)
+    before = tree_digest(out)
+    _fail_writes_under(monkeypatch, out.parent, errno.ENOSPC)
+    with pytest.raises(OSError, match="No space left on device"):
+        indexer.build(workspace.gallery_small, workspace.checkpoint, out, device="cpu", num_workers=0, progress=False)
+    monkeypatch.undo()
+    assert tree_digest(out) == before
+    with indexer.open(out) as index:
+        assert len(index) == 8
+    assert _leftovers(out.parent) == []
+
+
+def test_unwritable_index_root_fails_the_job_with_a_clear_message(make_settings, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the index root should be")
+    settings = make_settings(index_root=blocker / "indexes")
+    with running(create_app(settings)) as client:
+        response = client.post("/index/build", json={"gallery": "gallery-small", "name": "x"}, headers=auth())
+        assert response.status_code == 202, response.text
+        job_url = response.headers["Location"]
+        deadline = time.monotonic() + 120
+        while (job := client.get(job_url).json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.3)
+        assert job["state"] == "failed", job
+        assert "Not a directory" in job["error"] and str(blocker) in job["error"], job["error"]
+        assert client.get("/readyz").status_code == 200  # still serving the old index
+    assert blocker.read_text() == "a file where the index root should be"
