@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "service.explain_cli",
     "training.cli",
     "training.demo_cli",
+    "benchmarks.cli",
 )
 
 

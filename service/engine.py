@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from service.batching import DynamicBatcher
 from service.errors import ApiError
 from service.query_cache import QueryCache, QueryRecord
 from service.settings import Settings
@@ -111,6 +112,13 @@ class SearchEngine:
         self._slot: _IndexSlot | None = None
         self._load_error: str | None = None
         self._loaded = threading.Event()
+        self._batcher: DynamicBatcher[Any, Any] | None = None
+        if settings.batching:
+            # The batch is gathered once the model lock is free, so searches that queued behind another
+            # request's re-ranking share one forward pass.
+            self._batcher = DynamicBatcher(self._embed_batch, max_batch=settings.batch_max_size,
+                                           max_wait_s=settings.batch_wait_ms / 1000.0, lock=self.compute_lock,
+                                           name="sbir-embed-batcher")
 
     # Loading -------------------------------------------------------------------------------
 
@@ -170,6 +178,8 @@ class SearchEngine:
         logger.info("now serving index %s (%d photos)", getattr(index, "name", "?"), len(index))
 
     def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
         with self._state_lock:
             if self._slot is not None:
                 self._slot.retired = True
@@ -177,6 +187,11 @@ class SearchEngine:
                 self._slot = None
 
     # State ---------------------------------------------------------------------------------
+
+    @property
+    def batcher(self) -> DynamicBatcher[Any, Any] | None:
+        """The sketch-embedding batcher (None when batching is off)."""
+        return self._batcher
 
     @property
     def model(self) -> LoadedModel | None:
@@ -254,8 +269,7 @@ class SearchEngine:
 
             started = time.perf_counter()
             sketch_tensor = preprocess.sketch(sketch_image)
-            with self.compute_lock:
-                embedding = stages.embed_sketch(model.model, sketch_tensor, model.device)
+            embedding = self._embed(model, sketch_tensor)
             timings["embed"] = _elapsed_ms(started)
 
             started = time.perf_counter()
@@ -268,7 +282,8 @@ class SearchEngine:
             if use_relation and len(short.ids) and embedding.tokens is not None:
                 with self.compute_lock:
                     relation = stages.relation_scores(model.model, lease.index, embedding.tokens, short.ids,
-                                                      self.settings.rerank_batch_size, model.device)
+                                                      self.settings.rerank_batch_size, model.device,
+                                                      amp=self.settings.autocast)
                 order = stages.order_by_relation(relation)[:k]
                 hits = [SearchHit(int(short.ids[i]), float(short.ann_scores[i]), float(relation[i])) for i in order]
             else:
@@ -282,6 +297,26 @@ class SearchEngine:
             return SearchOutcome(query_id=query_id, hits=hits, reranked=use_relation, shortlist_size=len(short.ids),
                                  index_name=str(lease.index.name), index_size=len(lease.index), records=records,
                                  timings_ms=timings)
+
+    def _embed(self, model: LoadedModel, sketch_tensor: Any) -> Any:
+        """One preprocessed sketch [3, H, W] -> SketchEmbedding, batched with concurrent searches
+        when batching is on (the wait counts in the embed timing)."""
+        from service import search as stages
+
+        if self._batcher is None:
+            with self.compute_lock:
+                return stages.embed_sketch(model.model, sketch_tensor, model.device, self.settings.autocast)
+        return self._batcher.submit(id(model.model), model, sketch_tensor)
+
+    def _embed_batch(self, model: LoadedModel, sketch_tensors: Sequence[Any]) -> list[Any]:
+        """The batcher's call (it holds `compute_lock`): sketches [3, H, W] each -> SketchEmbeddings, one
+        forward pass."""
+        import torch
+
+        from service import search as stages
+
+        return stages.embed_sketches(model.model, torch.stack(list(sketch_tensors)), model.device,
+                                     self.settings.autocast)
 
     def explain(self, query_id: str, image_id: int) -> tuple[QueryRecord, Any, Any]:
         """(query, ImageRecord, kernel [A, A] numpy) for a cached query and a photo of the index."""

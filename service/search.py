@@ -9,12 +9,15 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from models.fast_relation import RelationScorer, supports_fast_relation
 
 logger = logging.getLogger("service.search")
 
@@ -59,16 +62,40 @@ def _encode(model: Any, images: torch.Tensor, modality: str):
     return model.encode(images)
 
 
-def embed_sketch(model: Any, sketch: torch.Tensor, device: torch.device) -> SketchEmbedding:
+def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[Any]:
+    """float16 autocast on CUDA when enabled; a no-op on the CPU, which stays float32 (CPU bfloat16 is faster
+    where the CPU has bf16 instructions but changes the scores: see benchmarks/RESULTS.md)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def embed_sketch(model: Any, sketch: torch.Tensor, device: torch.device, amp: bool = False) -> SketchEmbedding:
     """sketch [3, 224, 224] (preprocessed) -> its retrieval vector and tokens."""
-    with torch.inference_mode():
-        encoded = _encode(model, sketch.unsqueeze(0).to(device), "sketch")
-    ret = encoded.ret.detach().float().cpu().numpy().astype(np.float32, copy=False)
-    tokens = None
-    if encoded.tokens is not None:
-        kept = None if encoded.kept is None else encoded.kept.detach().cpu()
-        tokens = Tokens(encoded.tokens.detach().float().cpu(), kept)
-    return SketchEmbedding(ret=ret, tokens=tokens)
+    return embed_sketches(model, sketch.unsqueeze(0), device, amp)[0]
+
+
+def embed_sketches(model: Any, sketches: torch.Tensor, device: torch.device, amp: bool = False
+                   ) -> list[SketchEmbedding]:
+    """sketches [B, 3, 224, 224] (preprocessed) -> B embeddings, from one forward pass.
+
+    Each sketch's result equals embedding it alone (the encoder has no cross-sample interaction),
+    up to the float rounding of a different batch size.
+    """
+    with torch.inference_mode(), autocast(device, amp):
+        encoded = _encode(model, sketches.to(device), "sketch")
+    rets = encoded.ret.detach().float().cpu().numpy().astype(np.float32, copy=False)
+    tokens = None if encoded.tokens is None else encoded.tokens.detach().float().cpu()
+    kept = None if encoded.kept is None else encoded.kept.detach().cpu()
+    return [
+        SketchEmbedding(
+            ret=rets[row : row + 1],
+            # clone(): a view would keep the whole batch's tokens alive in the query cache.
+            tokens=None if tokens is None else Tokens(tokens[row : row + 1].clone(),
+                                                      None if kept is None else kept[row : row + 1].clone()),
+        )
+        for row in range(sketches.shape[0])
+    ]
 
 
 def ann_shortlist(index, vector: np.ndarray, size: int) -> Shortlist:
@@ -111,16 +138,26 @@ def relation_scores(
     ids: np.ndarray,
     batch_size: int,
     device: torch.device,
+    amp: bool = False,
 ) -> np.ndarray:
     """Relation scores [P] float32 in (0, 1) of the sketch against each photo in `ids`, computed
-    `batch_size` photos at a time on `device` (one sketch broadcast against the batch)."""
+    `batch_size` photos at a time on `device`.
+
+    ZSE models go through `models.fast_relation.RelationScorer`: the sketch side is computed once
+    per query, and each batch's photo tokens are read (and dequantised) from the store only when
+    that batch is scored. Other models with a `relation` method are called batch by batch.
+    """
     sketch = sketch_tokens.to(device)
     scores = np.empty(len(ids), dtype=np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, amp):
+        scorer = RelationScorer(model, sketch.tokens, sketch.kept) if supports_fast_relation(model) else None
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
             photos = photo_tokens(model, index, chunk, device)
-            batch_scores = model.relation(sketch.tokens, photos.tokens, sketch.kept, photos.kept)
+            if scorer is not None:
+                batch_scores = scorer.score(photos.tokens, photos.kept)
+            else:
+                batch_scores = model.relation(sketch.tokens, photos.tokens, sketch.kept, photos.kept)
             scores[start : start + len(chunk)] = batch_scores.float().cpu().numpy()
     return scores
 

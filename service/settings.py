@@ -18,7 +18,7 @@ MIB = 1024 * 1024
 
 
 class Settings(BaseSettings):
-    """Everything the server needs to know; see docs/service.md for the environment variables."""
+    """Everything the server needs to know; see the README, section "The search service", for the environment variables."""
 
     model_config = SettingsConfigDict(env_prefix="SBIR_", extra="forbid", env_file=None)
 
@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     rerank_batch_size: int = Field(64, ge=1, le=4096)
     query_cache_size: int = Field(256, ge=1, description="queries kept for /explain (each holds its tokens)")
     max_concurrent_jobs: int = Field(1, ge=1, le=64)
+
+    # Speed (see benchmarks/RESULTS.md for what each is measured to buy).
+    autocast: bool = Field(True, description="float16 autocast for sketch embedding and re-ranking on CUDA; "
+                                             "no effect on the CPU")
+    # Off by default: on a CPU it measured no throughput gain (re-ranking dominates) and a lone request
+    # pays the hand-off to the batching thread; worth trying where embedding is a larger share (GPU).
+    batching: bool = Field(False, description="embed the sketches of concurrent searches in one forward pass")
+    batch_max_size: int = Field(16, ge=1, le=256, description="most sketches in one batched forward pass")
+    batch_wait_ms: float = Field(2.0, ge=0.0, le=1000.0,
+                                 description="longest a search waits for others to fill its batch")
 
     @field_validator("index_dir", "checkpoint", "index_root", "jobs_db", mode="before")
     @classmethod
