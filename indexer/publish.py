@@ -67,7 +67,7 @@ def recover(out: Path) -> None:
             os.rename(olds[0], out)
     for staging in parent.glob(f".{out.name}.staging-*"):
         pid = _pid_of(staging.name, out.name)
-        if pid is not None and not _alive(pid):
+        if pid is not None and not process_alive(pid):
             shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -91,7 +91,8 @@ def _pid_of(name: str, out_name: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours counts; one we may not signal counts too)."""
     if pid == os.getpid():
         return True
     try:

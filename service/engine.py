@@ -318,24 +318,6 @@ class SearchEngine:
         return stages.embed_sketches(model.model, torch.stack(list(sketch_tensors)), model.device,
                                      self.settings.autocast)
 
-    def explain(self, query_id: str, image_id: int) -> tuple[QueryRecord, Any, Any]:
-        """(query, ImageRecord, kernel [A, A] numpy) for a cached query and a photo of the index."""
-        from service import search as stages
-
-        query = self.queries.get(query_id)
-        if query is None:
-            raise ApiError(404, "unknown_query",
-                           f"query {query_id!r} is unknown or has left the cache; search again")
-        with self.lease() as lease:
-            record = lookup_record(lease.index, image_id)
-            if query.sketch_tokens is None or not callable(getattr(lease.model.model, "kernel", None)):
-                raise ApiError(422, "explain_unavailable",
-                               f"{lease.model.name} has no token correspondence to explain (ZSE models only)")
-            with self.compute_lock:
-                kernel = stages.kernel_between(lease.model.model, lease.index, query.sketch_tokens, image_id,
-                                               lease.model.device)
-            return query, record, kernel
-
 
 def lookup_record(index: Any, image_id: int) -> Any:
     """The index's ImageRecord for `image_id`; 404 for ids the index does not hold."""

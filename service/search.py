@@ -167,16 +167,6 @@ def order_by_relation(relation: np.ndarray) -> np.ndarray:
     return np.argsort(-relation, kind="stable")
 
 
-def kernel_between(model: Any, index, sketch_tokens: Tokens, image_id: int,
-                   device: torch.device) -> np.ndarray:
-    """Cosine kernel [A, A] (A = 49 on the 7x7 anchor grid) between a sketch and one photo."""
-    sketch = sketch_tokens.to(device)
-    with torch.inference_mode():
-        photos = photo_tokens(model, index, [image_id], device)
-        kernel = model.kernel(sketch.tokens, photos.tokens, sketch.kept, photos.kept)
-    return kernel[0].float().cpu().numpy()
-
-
 def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
     """Preprocessed [3, H, W] (normalised with preprocess.MEAN / STD) -> the RGB image the model saw."""
     from models.preprocess import MEAN, STD

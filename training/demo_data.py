@@ -59,6 +59,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from indexer.publish import process_alive
+
 OPENMOJI_VERSION = "17.0.0"
 # `npm view openmoji@17.0.0 dist.integrity`. A published npm version is immutable, so pinning its hash
 # verifies a cached tarball offline as well as online.
@@ -534,20 +536,8 @@ def _clean_stale(out: Path) -> None:
     for kind in ("tmp", "old", "extract"):
         for stale in out.parent.glob(f".{out.name}.{kind}-*"):
             pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _swap_into_place(build: Path, out: Path) -> None:

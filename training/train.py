@@ -861,6 +861,11 @@ def _run(
     )
     bar = _progress_bar(config, runtime, total_steps, start_step)
 
+    def save() -> None:
+        save_last(last_path, objective, optimizer, scheduler, scaler, state, config, runtime,
+                  data.steps_per_epoch)
+
+
     status, message, final_loss = "completed", "", None
     train_seconds = validation_seconds = 0.0
     window_started, window_images = time.perf_counter(), 0
@@ -938,32 +943,12 @@ def _run(
                 )
                 validation_seconds += time.perf_counter() - validation_started
             if epoch_end or state.step % config.schedule.checkpoint_every == 0:
-                save_last(
-                    last_path,
-                    objective,
-                    optimizer,
-                    scheduler,
-                    scaler,
-                    state,
-                    config,
-                    runtime,
-                    data.steps_per_epoch,
-                )
+                save()
                 saved = True
             (stop,) = _any_rank(runtime, bool(should_stop is not None and runtime.is_main and should_stop()))
             if stop and state.step < total_steps:
                 if not saved:
-                    save_last(
-                        last_path,
-                        objective,
-                        optimizer,
-                        scheduler,
-                        scaler,
-                        state,
-                        config,
-                        runtime,
-                        data.steps_per_epoch,
-                    )
+                    save()
                 status, message = "stopped", f"stopped at step {state.step}; resume to continue"
                 break
     finally:

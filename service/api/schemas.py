@@ -86,14 +86,6 @@ class MatchedPairPublic(BaseModel):
     score: float = Field(description="cosine similarity of the two anchors")
 
 
-class ExplainResponse(BaseModel):
-    query_id: str
-    image_id: int
-    grid: int = Field(description="side of the anchor grid (7): anchor i is cell divmod(i, grid)")
-    pairs: list[MatchedPairPublic] = Field(description="each sketch anchor's best photo anchor, strongest first")
-    kernel: list[list[float]] = Field(description="[A, A] cosine kernel: kernel[i][j] = cos(sketch i, photo j)")
-
-
 # Jobs --------------------------------------------------------------------------------------
 
 
