@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -622,18 +621,10 @@ def finite_or_none(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON through a temporary file in the same folder and a rename."""
+    """Write ``data`` as indented JSON (NaN as null) atomically, through the indexer's temp-and-rename."""
+    from indexer.atomic import write_bytes_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(finite_or_none(data), stream, indent=2, allow_nan=False)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(finite_or_none(data), indent=2, allow_nan=False) + "\n"
+    return write_bytes_atomic(path, text.encode("utf-8"))
