@@ -48,8 +48,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import ClassVar, cast
 
 import timm
 import torch
@@ -57,13 +57,13 @@ import torch.nn.functional as F
 from timm.models import FeatureListNet
 from torch import nn
 
-from models.types import CheckpointError, Encoded
+from models.types import CheckpointError, ConfigDict, Encoded
 
 PATCH_KERNEL = 7
 
 
 @dataclass(frozen=True)
-class AMFFConfig:
+class AMFFConfig(ConfigDict):
     """Settings of one AMFF model.
 
     stages are timm `features_only` out_indices: for ResNets 1..4 are layer1..layer4, so the paper's
@@ -83,21 +83,7 @@ class AMFFConfig:
     num_classes: int = 0
     family: str = field(default="amff", init=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("family")
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AMFFConfig:
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(data) - known - {"family"})
-        if unknown:
-            raise ValueError(f"unknown AMFF config keys: {', '.join(unknown)}")
-        values = {k: v for k, v in data.items() if k in known}
-        if "stages" in values:
-            values["stages"] = tuple(values["stages"])
-        return cls(**values)
+    tuple_fields: ClassVar[tuple[str, ...]] = ("stages",)
 
 
 AMFF_PRESETS: dict[str, AMFFConfig] = {

@@ -6,14 +6,16 @@ recorded in `shared/reference/zse-sbir-facts.md`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from models.types import ConfigDict
 
 CrossAttentionForm = Literal["reference", "paper"]
 
 
 @dataclass(frozen=True)
-class ZSEConfig:
+class ZSEConfig(ConfigDict):
     """Settings of one ZSE model.
 
     image_size / patch_size give the token grid (224 / 16 -> 14x14 = 196 tokens); the
@@ -49,6 +51,7 @@ class ZSEConfig:
     pretrained: str | None = None
     pretrained_file: str | None = None
     family: str = field(default="zse", init=False)
+    tuple_fields: ClassVar[tuple[str, ...]] = ("stack_channels", "selection_layers")
 
     @property
     def grid_size(self) -> int:
@@ -65,23 +68,6 @@ class ZSEConfig:
     @property
     def num_anchors(self) -> int:
         return self.anchor_grid**2
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("family")
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ZSEConfig:
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(data) - known - {"family"})
-        if unknown:
-            raise ValueError(f"unknown ZSE config keys: {', '.join(unknown)}")
-        values = {k: v for k, v in data.items() if k in known}
-        for key in ("stack_channels", "selection_layers"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 ZSE_PRESETS: dict[str, ZSEConfig] = {

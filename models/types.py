@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -25,6 +26,36 @@ class Encoded:
     kept: torch.Tensor | None = None
     ret_attention: torch.Tensor | None = None
     selections: list[torch.Tensor] | None = None
+
+
+C = TypeVar("C", bound="ConfigDict")
+
+
+class ConfigDict:
+    """`to_dict` / `from_dict` for frozen config dataclasses with a non-init `family` field.
+
+    Subclasses list in `tuple_fields` the fields that JSON turns into lists and must be tuples again.
+    """
+
+    tuple_fields: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)  # type: ignore[call-overload]
+        data.pop("family")
+        return data
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        known = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known - {"family"})
+        if unknown:
+            family = cls.__dataclass_fields__["family"].default.upper()  # type: ignore[attr-defined]
+            raise ValueError(f"unknown {family} config keys: {', '.join(unknown)}")
+        values = {k: v for k, v in data.items() if k in known}
+        for key in cls.tuple_fields:
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
 class CheckpointError(ValueError):

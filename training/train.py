@@ -27,6 +27,7 @@ process), gradients are averaged by DistributedDataParallel, and only rank 0 val
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -359,27 +360,19 @@ class TrainingData:
 def build_data(config: TrainConfig, runtime: Runtime) -> TrainingData:
     """Read the splits (refusing too many missing files) and build the loader of this process."""
     data = config.data
-    train_split = load_split(
+    load = functools.partial(
+        load_split,
         data.dataset,
         data.root,
-        "train",
         unseen=data.unseen,
         unseen_fraction=data.unseen_fraction,
         split_seed=data.split_seed,
         max_missing_fraction=data.max_missing_fraction,
     )
+    train_split = load("train")
     validation = None
     if config.validation.enabled:
-        validation = load_split(
-            data.dataset,
-            data.root,
-            "zero",
-            unseen=data.unseen,
-            unseen_fraction=data.unseen_fraction,
-            split_seed=data.split_seed,
-            quick=config.validation.quick,
-            max_missing_fraction=data.max_missing_fraction,
-        )
+        validation = load("zero", quick=config.validation.quick)
     augment = resolve_augment(data.sketch_augment, data.sketch_augment_options)
     image_size = int(model_config_with_overrides(config.model.name, config.model.overrides).image_size)
     world = runtime.world_size

@@ -6,7 +6,7 @@ import io
 import struct
 import zlib
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -36,15 +36,10 @@ def ztxt_bomb(base: bytes, inflated: int = 64 * 1024 * 1024) -> bytes:
 
 
 def drawing(size: int = 200, kind: str = "circle") -> Image.Image:
-    """Black ink on white paper, RGB."""
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    box = [size // 5, size // 5, 4 * size // 5, 4 * size // 5]
-    if kind == "circle":
-        draw.ellipse(box, outline="black", width=4)
-    else:
-        draw.rectangle(box, outline="black", width=4)
-    return image
+    """Black ink on white paper, RGB (the service tests' sketch)."""
+    from tests.service.conftest import sketch_image
+
+    return sketch_image(kind, size)
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

@@ -52,8 +52,8 @@ def draw_photo(seed: int, label: str, size: int = 96) -> Image.Image:
     return image
 
 
-def sketch_png(kind: str = "circle", size: int = 200) -> bytes:
-    """A black-on-white line drawing as PNG bytes."""
+def sketch_image(kind: str = "circle", size: int = 200) -> Image.Image:
+    """A black-on-white line drawing (circle or square), RGB."""
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     box = [size // 5, size // 5, 4 * size // 5, 4 * size // 5]
@@ -61,8 +61,13 @@ def sketch_png(kind: str = "circle", size: int = 200) -> bytes:
         draw.ellipse(box, outline="black", width=4)
     else:
         draw.rectangle(box, outline="black", width=4)
+    return image
+
+
+def sketch_png(kind: str = "circle", size: int = 200) -> bytes:
+    """`sketch_image` as PNG bytes."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    sketch_image(kind, size).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
