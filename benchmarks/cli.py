@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "server_throughput": "benchmarks.server_throughput",
     "index_build": "benchmarks.index_build",
     "loadgen": "benchmarks.loadgen",
+    "load_swap": "benchmarks.load_swap",
 }
 
 

@@ -4,8 +4,10 @@
 
 Runs as its own process, so that the client's work is not counted in the server's. Each of
 `--concurrency` clients sends its next request as soon as the previous answer arrived (closed loop).
-Reports requests/s of answered requests, client-side latency percentiles, status counts and the
-server's own stage timings (`timings_ms`) of successful answers.
+Reports requests/s of answered requests, client-side latency percentiles, status counts, the
+server's own stage timings (`timings_ms`) of successful answers, which index answered (name, count,
+first and last answer in seconds from the start of the measured load: shows an index swap during the
+load) and the first few failures verbatim.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from benchmarks._report import load_average, percentiles_ms
 STAGES = ("decode", "embed", "ann", "rerank", "total")
 
 
+MAX_FAILURES_KEPT = 5
+
+
+def _new_record(started: float) -> dict[str, Any]:
+    return {"started": started, "status": {}, "latency": [], "server": {stage: [] for stage in STAGES},
+            "indexes": {}, "failures": []}
+
+
 async def _client(client: Any, url: str, sketches: Sequence[bytes], params: dict[str, Any], deadline: float,
                   offset: int, record: dict[str, Any]) -> None:
     number = offset
@@ -36,14 +46,26 @@ async def _client(client: Any, url: str, sketches: Sequence[bytes], params: dict
         except Exception as error:  # a refused or reset connection is a result to count, not a crash
             status = type(error).__name__
             response = None
-        elapsed = time.perf_counter() - started
+            if len(record["failures"]) < MAX_FAILURES_KEPT:
+                record["failures"].append(f"{status}: {error}")
+        finished = time.perf_counter()
+        elapsed = finished - started
         record["status"][status] = record["status"].get(status, 0) + 1
+        if response is not None and response.status_code != 200 and len(record["failures"]) < MAX_FAILURES_KEPT:
+            record["failures"].append(f"{status}: {response.text[:300]}")
         if response is not None and response.status_code == 200:
             record["latency"].append(elapsed)
-            timings = response.json().get("timings_ms", {})
+            body = response.json()
+            timings = body.get("timings_ms", {})
             for stage in STAGES:
                 if stage in timings:
                     record["server"][stage].append(timings[stage] / 1000.0)
+            name = str(body.get("index", {}).get("name"))
+            seen = record["indexes"].setdefault(name, {"count": 0, "first_s": None, "last_s": None})
+            at = round(finished - record["started"], 3)
+            seen["count"] += 1
+            seen["first_s"] = at if seen["first_s"] is None else seen["first_s"]
+            seen["last_s"] = at
 
 
 async def generate(url: str, sketches: Sequence[bytes], concurrency: int, duration: float,
@@ -54,12 +76,12 @@ async def generate(url: str, sketches: Sequence[bytes], concurrency: int, durati
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
         if warmup > 0:
-            scratch: dict[str, Any] = {"status": {}, "latency": [], "server": {stage: [] for stage in STAGES}}
+            scratch = _new_record(time.perf_counter())
             deadline = time.perf_counter() + warmup
             await asyncio.gather(*(_client(client, url, sketches, params, deadline, n, scratch)
                                    for n in range(concurrency)))
-        record: dict[str, Any] = {"status": {}, "latency": [], "server": {stage: [] for stage in STAGES}}
         started = time.perf_counter()
+        record = _new_record(started)
         deadline = started + duration
         await asyncio.gather(*(_client(client, url, sketches, params, deadline, n, record)
                                for n in range(concurrency)))
@@ -73,6 +95,9 @@ async def generate(url: str, sketches: Sequence[bytes], concurrency: int, durati
         "status_counts": record["status"],
         "latency_ms": percentiles_ms(record["latency"]),
         "server_stages_ms": {stage: percentiles_ms(values) for stage, values in record["server"].items()},
+        "indexes": record["indexes"],
+        "failures": record["failures"],
+        "started_at_unix": round(time.time() - elapsed, 3),
     }
 
 
