@@ -177,6 +177,83 @@ def test_server_killed_during_searches(server):
         assert search_ids(http) == expected
 
 
+
+def _train_body(run_dir: str, dataset: str, **schedule) -> dict:
+    return {"config": {
+        "run_dir": run_dir, "seed": 3, "model": {"name": "zse-tiny"},
+        "data": {"dataset": "generic", "root": dataset, "num_workers": 0},
+        "optim": {"lr": 1e-4}, "zse": {"batch_size": 2},
+        "schedule": {"epochs": 1, "epoch_size": 2000, "log_every": 1, "checkpoint_every": 3, **schedule},
+        "validation": {"enabled": False},
+    }}
+
+
+def _events(run_dir: Path) -> list[dict]:
+    """The run's metrics log; a line still being appended (no newline yet) is left out."""
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
+def test_server_killed_during_training_then_the_resubmitted_job_resumes(server, workspace):
+    import torch
+
+    from tests.service.test_jobs import write_generic_dataset
+
+    dataset = f"generic-kill-{server.state.name}"
+    write_generic_dataset(workspace.root / dataset)
+    run_name = f"runs/killed-{server.state.name}"
+    run_dir = workspace.root / run_name
+    last = run_dir / "checkpoints" / "last.pt"
+    with server.start() as http:
+        response = http.post("/train", json=_train_body(run_name, dataset), headers=auth())  # 1,000 steps
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        deadline = time.monotonic() + 240
+        # Kill once a checkpoint is written and training has gone past it: the steps after it are lost.
+        while not (last.is_file() and any(event.get("step", 0) >= 5 and "loss" in event
+                                           for event in _events(run_dir))):
+            job = http.get(f"/jobs/{job_id}").json()
+            assert job["state"] in ("queued", "running"), job
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+    server.kill()
+    with sqlite3.connect(server.state / "jobs.sqlite3") as connection:
+        (worker_pid,) = connection.execute("SELECT pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if worker_pid is not None and not wait_gone(worker_pid):
+        os.killpg(worker_pid, signal.SIGKILL)
+        pytest.fail("the training worker outlived its server by 30 s")
+
+    # What the interrupted run left: a whole last checkpoint (written atomically) at a multiple of
+    # checkpoint_every, behind the last logged step.
+    saved_step = torch.load(last, map_location="cpu", weights_only=False)["training_state"]["step"]
+    logged_step = max(event["step"] for event in _events(run_dir) if "loss" in event)
+    assert saved_step % 3 == 0 and 3 <= saved_step <= logged_step
+
+    with server.start() as http:
+        job = http.get(f"/jobs/{job_id}").json()
+        assert job["state"] == "failed" and job["error"] == RESTART_REASON, job
+        body = {**_train_body(run_name, dataset, max_steps=saved_step + 2), "resume": True}
+        response = http.post("/train", json=body, headers=auth())
+        assert response.status_code == 202, response.text
+        resumed_id = response.json()["id"]
+        deadline = time.monotonic() + 240
+        while (job := http.get(f"/jobs/{resumed_id}").json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+    assert job["state"] == "succeeded", job
+    assert job["result"]["status"] == "completed" and job["result"]["step"] == saved_step + 2
+    events = _events(run_dir)
+    (resume,) = [event for event in events if event.get("event") == "resume"]
+    assert resume["step"] == saved_step
+    after = [event["step"] for event in events[events.index(resume):] if "loss" in event]
+    assert after == [saved_step + 1, saved_step + 2]  # from the checkpoint on, not from step 1
+    assert torch.load(last, map_location="cpu", weights_only=False)["training_state"]["step"] == saved_step + 2
+
 # --- full disk, unwritable output -------------------------------------------------------------------
 
 def _fail_writes_under(monkeypatch, folder: Path, error_number: int) -> None:
