@@ -108,6 +108,23 @@ def verdict(load: dict[str, Any], build: dict[str, Any], old_name: str) -> list[
     return problems
 
 
+def phases(answers: Sequence[Sequence[float]], build: dict[str, float]) -> dict[str, Any]:
+    """Latency percentiles and requests/s of the answers before the build was queued, while it ran
+    (until the new index was served) and after; answers are [seconds into the load, latency ms]."""
+    from benchmarks._report import percentiles_ms
+
+    edges = [0.0, build.get("submitted_s"), build.get("served_s"), answers[-1][0] if answers else 0.0]
+    if any(edge is None for edge in edges):
+        return {}
+    out = {}
+    for name, low, high in zip(("before_build", "during_build", "after_swap"), edges, edges[1:], strict=False):
+        inside = [latency / 1000.0 for at, latency in answers if low <= at < high or (name == "after_swap" and at == high)]
+        span = max(float(high) - float(low), 1e-9)
+        out[name] = {"from_s": round(float(low), 3), "to_s": round(float(high), 3),
+                     "requests_per_s": round(len(inside) / span, 3), "latency_ms": percentiles_ms(inside)}
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load_swap", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: random --model)")
@@ -180,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       for key, value in build.items() if key.endswith("_at_unix")}
     problems = verdict(load, build, old_name)
     report.update(old_index=old_name, new_index=NEW_INDEX, load=load, build={**build, **build_relative},
-                  passed=not problems, problems=problems, server_log_tail=log_tail)
+                  phases=phases(load["answers"], build_relative), passed=not problems, problems=problems,
+                  server_log_tail=log_tail)
     finish(report, args.out)
     latency = load["latency_ms"]
     print(f"{load['requests_per_s']:.2f} req/s, p50 {latency['p50']} ms, p99 {latency['p99']} ms, "

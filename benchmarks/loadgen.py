@@ -30,7 +30,7 @@ MAX_FAILURES_KEPT = 5
 
 def _new_record(started: float) -> dict[str, Any]:
     return {"started": started, "status": {}, "latency": [], "server": {stage: [] for stage in STAGES},
-            "indexes": {}, "failures": []}
+            "indexes": {}, "failures": [], "answers": []}
 
 
 async def _client(client: Any, url: str, sketches: Sequence[bytes], params: dict[str, Any], deadline: float,
@@ -66,6 +66,7 @@ async def _client(client: Any, url: str, sketches: Sequence[bytes], params: dict
             seen["count"] += 1
             seen["first_s"] = at if seen["first_s"] is None else seen["first_s"]
             seen["last_s"] = at
+            record["answers"].append([at, round(elapsed * 1000.0, 3)])
 
 
 async def generate(url: str, sketches: Sequence[bytes], concurrency: int, duration: float,
@@ -97,6 +98,8 @@ async def generate(url: str, sketches: Sequence[bytes], concurrency: int, durati
         "server_stages_ms": {stage: percentiles_ms(values) for stage, values in record["server"].items()},
         "indexes": record["indexes"],
         "failures": record["failures"],
+        # [seconds from the start of the measured load at the answer, latency ms] of every 200 answer.
+        "answers": sorted(record["answers"]),
         "started_at_unix": round(time.time() - elapsed, 3),
     }
 

@@ -33,6 +33,9 @@ def test_an_index_swapped_in_under_load_fails_no_request(tmp_path: Path) -> None
     assert 0 < build["submitted_s"] < build["finished_s"] <= build["served_s"] < load["duration_s"]
     assert new["first_s"] > build["submitted_s"]
     assert {"p50", "p99"} <= set(load["latency_ms"]) and load["requests_per_s"] > 0
+    phases = report["phases"]
+    assert sum(phase["latency_ms"]["count"] for phase in phases.values()) == answered
+    assert phases["during_build"]["from_s"] == build["submitted_s"] and phases["after_swap"]["from_s"] == build["served_s"]
 
 
 def test_a_failed_request_fails_the_verdict() -> None:
