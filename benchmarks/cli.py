@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "index_build": "benchmarks.index_build",
     "loadgen": "benchmarks.loadgen",
     "load_swap": "benchmarks.load_swap",
+    "upload_memory": "benchmarks.upload_memory",
 }
 
 

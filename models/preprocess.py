@@ -12,9 +12,18 @@ Two deliberate differences, both invisible on the benchmark datasets (RGB withou
 - the reference resizes sketches with OpenCV's bilinear filter; here torch's bilinear interpolation
   without antialiasing does the same arithmetic in floating point, so pixels may differ by one
   grey level from OpenCV's fixed-point rounding.
+
+And one more where `shrink_sketch` is used first (the service does, on every upload): a sketch whose
+ink crop has a long side of SHRINK_FROM (1792) px or more is cropped at full resolution, tile by
+tile, and reduced to 448 px keeping the darkest pixel of each block, so that no full-size float
+copy is ever made (a 25 Mpx upload cost ~600 MB). Its strokes then all reach the model input, where
+the reference's resize, which reads 2 of every f rows and columns when it shrinks by f, loses thin
+ones. Sketches under that size are preprocessed exactly as before.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import numpy as np
 import torch
@@ -26,6 +35,10 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 INK_THRESHOLD = 300  # R+G+B at or below this counts as a stroke
 CROP_PADDING = 10
+# `shrink_sketch` reduces sketches whose ink crop has a long side of at least SHRINK_FROM px; smaller
+# ones are preprocessed exactly as they are.
+SHRINK_FROM = 8 * IMAGE_SIZE
+_TILE = 512  # side of the tiles `shrink_sketch` converts at a time (a quarter Mpx: a few MB of temporaries)
 
 DESCRIPTION = {
     "image_size": IMAGE_SIZE,
@@ -36,8 +49,12 @@ DESCRIPTION = {
 }
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> RGB, compositing transparency onto white."""
+def to_rgb(image: Image.Image, *, peak: float | None = None) -> Image.Image:
+    """Any PIL image -> RGB, compositing transparency onto white.
+
+    peak: for 16-bit and float greyscale, the maximum to scale by instead of `image`'s own (when
+    `image` is a tile of a larger image, that image's `_grey_peak`).
+    """
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -47,9 +64,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         # 16-bit and float greyscale: scale to 8 bits before the RGB conversion clips it.
         array = np.asarray(image, dtype=np.float64)
-        peak = array.max() if array.size and array.max() > 255 else 255.0
+        if peak is None:
+            peak = array.max() if array.size and array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8), mode="L")
     return image.convert("RGB")
+
+
+def _grey_peak(image: Image.Image) -> float | None:
+    """The maximum `to_rgb` scales a 16-bit or float greyscale image by, read without a copy of
+    the pixels; None for the other modes."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return None
+    highest = float(cast(float, image.getextrema()[1]))  # one band: (min, max)
+    return highest if highest > 255 else 255.0
 
 
 def normalize(array: np.ndarray) -> torch.Tensor:
@@ -76,10 +103,21 @@ def _resize_bilinear(array: np.ndarray, width: int, height: int) -> np.ndarray:
     return resized.squeeze(0).permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def _ink(array: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> bool [H, W]: R+G+B <= INK_THRESHOLD (summed in uint16, which holds 3 * 255,
+    so that no int32/int64 copy of the whole image is made)."""
+    if array.dtype != np.uint8:
+        return array.astype(np.int64).sum(axis=2) <= INK_THRESHOLD
+    total = array[..., 0].astype(np.uint16)
+    total += array[..., 1]
+    total += array[..., 2]
+    return total <= INK_THRESHOLD
+
+
 def crop_to_ink(array: np.ndarray, padding: int = CROP_PADDING) -> np.ndarray:
     """Crop [H, W, 3] to the strokes' bounding box plus padding; a blank image is left whole."""
     height, width, _ = array.shape
-    ys, xs = np.nonzero(array.astype(np.int32).sum(axis=2) <= INK_THRESHOLD)
+    ys, xs = np.nonzero(_ink(array))
     if ys.size == 0:
         return array
     # The reference's slice end is exclusive (max + padding), so the same here.
@@ -92,12 +130,16 @@ def crop_to_ink(array: np.ndarray, padding: int = CROP_PADDING) -> np.ndarray:
 def resize_long_side(array: np.ndarray, size: int) -> np.ndarray:
     """Resize keeping the aspect ratio so the long side is `size` (short side truncated, >= 1)."""
     height, width, _ = array.shape
+    new_height, new_width = _long_side_shape(height, width, size)
+    return _resize_bilinear(array, new_width, new_height)
+
+
+def _long_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) that `resize_long_side` resizes a height x width array to."""
     ratio = height / width
     if height > width:
-        new_width, new_height = max(1, int(size / ratio)), size
-    else:
-        new_width, new_height = size, max(1, int(size * ratio))
-    return _resize_bilinear(array, new_width, new_height)
+        return size, max(1, int(size / ratio))
+    return max(1, int(size * ratio)), size
 
 
 def pad_square(array: np.ndarray) -> np.ndarray:
@@ -122,3 +164,107 @@ def sketch(image: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
     if square.shape[0] != size:  # only when both sides were truncated below `size`
         square = _resize_bilinear(square, size, size)
     return normalize(square)
+
+
+def shrink_sketch(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
+    """A sketch of any size -> an image that `sketch(..., size)` preprocesses as it would the
+    original, made tile by tile so that no full-size copy of `image` is ever made.
+
+    - long side under SHRINK_FROM: `image` itself;
+    - otherwise the region `crop_to_ink` would keep (ink found at full resolution; padding in
+      full-resolution pixels), as RGB: `sketch` gives exactly the same tensor for it;
+    - and when that region's long side is at least SHRINK_FROM, it is reduced to twice the shape
+      `resize_long_side` will give it (long side 2 * size), keeping of each block the darkest pixel
+      (least R+G+B): a block with ink stays ink, so a 1-px stroke survives at any reduction, where
+      averaging would fade it to paper. `sketch` then finds the same crop in the result and halves
+      it (its bilinear resize at exactly 2x averages 2 x 2 pixels). Twice, not more: past 2x that
+      resize, which does not antialias, skips whole rows and columns, so thin strokes would vanish.
+    """
+    width, height = image.size
+    if max(width, height) < SHRINK_FROM:
+        return image
+    peak = _grey_peak(image)
+    left, top, right, bottom = _ink_box(image, peak)
+    crop_width, crop_height = right - left, bottom - top
+    if max(crop_width, crop_height) < SHRINK_FROM:
+        return to_rgb(image.crop((left, top, right, bottom)), peak=peak)
+    out_height, out_width = _halving_shape(crop_height, crop_width, size)
+    row_starts = np.arange(out_height, dtype=np.int64) * crop_height // out_height
+    column_starts = np.arange(out_width, dtype=np.int64) * crop_width // out_width
+    # Tiles of whole blocks, about _TILE px a side (one block when blocks are larger).
+    rows_per_tile = max(1, _TILE * out_height // crop_height)
+    columns_per_tile = max(1, _TILE * out_width // crop_width)
+    out = np.empty((out_height, out_width, 3), dtype=np.uint8)
+    for row in range(0, out_height, rows_per_tile):
+        rows = row_starts[row : row + rows_per_tile]
+        y_end = int(row_starts[row + rows_per_tile]) if row + rows_per_tile < out_height else crop_height
+        for column in range(0, out_width, columns_per_tile):
+            columns = column_starts[column : column + columns_per_tile]
+            x_end = (int(column_starts[column + columns_per_tile]) if column + columns_per_tile < out_width
+                     else crop_width)
+            box = (left + int(columns[0]), top + int(rows[0]), left + x_end, top + y_end)
+            tile = _rgb_tile(image, box, peak)
+            out[row : row + rows.size, column : column + columns.size] = _darkest_blocks(
+                tile, rows - rows[0], columns - columns[0]
+            )
+    return Image.fromarray(out, mode="RGB")
+
+
+def _halving_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """The shape to reduce a height x width crop to: twice what `resize_long_side` gives the crop,
+    adjusted by one pixel where needed so that `resize_long_side` gives the reduced image that same
+    shape (its float ratio can truncate 2n back to n - 1); never more than the crop."""
+    target = _long_side_shape(height, width, size)
+    for extra in (0, 1):
+        shape = (min(height, 2 * target[0] + extra), min(width, 2 * target[1] + extra))
+        if _long_side_shape(*shape, size) == target:
+            return shape
+    return min(height, 2 * target[0]), min(width, 2 * target[1])  # not reached for crops >= 4 * size
+
+
+def _rgb_tile(image: Image.Image, box: tuple[int, int, int, int], peak: float | None) -> np.ndarray:
+    return np.asarray(to_rgb(image.crop(box), peak=peak), dtype=np.uint8)
+
+
+def _ink_box(image: Image.Image, peak: float | None) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the region `crop_to_ink` keeps, found tile by tile; the whole
+    image when there is no ink."""
+    width, height = image.size
+    # _TILE x _TILE, or as many pixels in a strip when the image is narrower than a tile.
+    tile_width = max(_TILE, _TILE * _TILE // min(height, _TILE))
+    tile_height = max(_TILE, _TILE * _TILE // min(width, _TILE))
+    ys: list[int] = []
+    xs: list[int] = []
+    for y in range(0, height, tile_height):
+        for x in range(0, width, tile_width):
+            ink = _ink(_rgb_tile(image, (x, y, min(x + tile_width, width), min(y + tile_height, height)), peak))
+            rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+            if rows.size:
+                ys += [y + int(rows[0]), y + int(rows[-1])]
+                xs += [x + int(columns[0]), x + int(columns[-1])]
+    if not ys:
+        return 0, 0, width, height
+    # As in `crop_to_ink`: the end is max + padding, exclusive.
+    return (max(0, min(xs) - CROP_PADDING), max(0, min(ys) - CROP_PADDING),
+            min(width, max(xs) + CROP_PADDING), min(height, max(ys) + CROP_PADDING))
+
+
+def _darkest_blocks(array: np.ndarray, row_starts: np.ndarray, column_starts: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> [len(row_starts), len(column_starts), 3]: of each block (rows from one
+    start to the next, the last to H; columns likewise), the pixel with the least R+G+B (of
+    equals, the least (R, G, B))."""
+    # One integer per pixel that orders by R+G+B first, then carries the colour: the least of a
+    # block is its darkest pixel, and the least is separable (rows, then columns).
+    height, width, _ = array.shape
+    colour = np.zeros((height, width, 4), dtype=np.uint8)
+    colour[..., :3] = array[..., ::-1]  # B, G, R, 0: as little-endian uint32, R << 16 | G << 8 | B
+    total = array[..., 0].astype(np.uint16)
+    total += array[..., 1]
+    total += array[..., 2]
+    key = total.astype(np.uint64)
+    key <<= 24
+    key |= colour.view(np.dtype("<u4"))[..., 0]
+    del colour, total
+    key = np.minimum.reduceat(key, row_starts, axis=0)
+    key = np.minimum.reduceat(key, column_starts, axis=1)
+    return np.stack([(key >> 16) & 255, (key >> 8) & 255, key & 255], axis=2).astype(np.uint8)

@@ -86,8 +86,15 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def decode_sketch(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Bytes of a PNG/JPEG/WebP -> a fully decoded PIL image (first frame; mode as stored).
+def decode_sketch(data: bytes, *, max_pixels: int, shrink: bool = True) -> Image.Image:
+    """Bytes of a PNG/JPEG/WebP -> a decoded PIL image (first frame) for `models.preprocess.sketch`.
+
+    Images with a long side under `preprocess.SHRINK_FROM` (1792) px come back fully decoded, mode
+    as stored. Larger ones (with `shrink`, the default) go through `preprocess.shrink_sketch` and
+    come back as RGB: their ink crop, and when that crop is itself that large, the crop reduced to
+    448 px keeping the darkest pixel of each block. Preprocessing then never copies `max_pixels`
+    pixels to float (a 25 Mpx upload peaked at ~600 MB that way), and the full-size decode is freed
+    when this returns. shrink=False: always the full decode (the benchmark's "before").
 
     Raises ApiError: 415 not an accepted image format, 413 more than `max_pixels` pixels (checked
     from the header, before any pixel is decoded), 400 corrupt or truncated data.
@@ -120,6 +127,10 @@ def decode_sketch(data: bytes, *, max_pixels: int) -> Image.Image:
     # Decoders report corrupt data with a zoo of exception types; all of them mean "bad input".
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as error:
         raise _undecodable(error) from error
+    if shrink:
+        from models import preprocess  # torch: imported on the first decode, not with the app
+
+        return preprocess.shrink_sketch(image)
     return image
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import models
-from benchmarks import cli, quality_cost, rerank, search_latency, server_throughput
+from benchmarks import cli, quality_cost, rerank, search_latency, server_throughput, upload_memory
 from tests.training.test_train import make_generic
 
 MACHINE_KEYS = {"cpu_model", "cpu_cores_usable", "torch", "faiss", "gpus", "load_average_1m"}
@@ -126,6 +126,22 @@ def test_server_throughput_runs_the_server_and_load_generator_with_and_without_b
         assert set(row["latency_ms"]) == PERCENTILES
         assert set(row["server_stages_ms"]) == STAGES
     assert set(report["batching_speedup"]) == {"2"}
+
+
+def test_upload_memory_measures_both_variants_in_child_processes(tmp_path: Path) -> None:
+    out = tmp_path / "upload_memory.json"
+    # 2300 px wide: the drawing's crop (80 % of it) is over 1792 px, so the reduction applies.
+    argv = ["--width", "2300", "--height", "500", "--formats", "png-rgb", "--out", str(out)]
+    assert upload_memory.main(argv) == 0
+    report = read(out)
+    assert report["image"] == {"width": 2300, "height": 500, "pixels": 1_150_000, "stroke_px": 2}
+    (row,) = report["results"]
+    assert row["format"] == "png-rgb" and row["bytes"] > 0
+    assert row["before"]["shrink"] is False and row["after"]["shrink"] is True
+    assert row["before"]["decoded_size"] == [2300, 500] and row["after"]["decoded_size"][0] == 448
+    for variant in ("before", "after"):
+        assert row[variant]["peak_above_baseline_mib"] >= 0 and row[variant]["baseline_rss_mib"] > 0
+    assert row["tensors"]["ink_pixels_after"] > 0 and 0 <= row["tensors"]["before_ink_kept_within_1px"] <= 1
 
 
 def test_sbir_bench_dispatches_to_the_benchmark(tmp_path: Path) -> None:
