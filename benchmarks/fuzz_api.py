@@ -12,7 +12,6 @@ operation fails; each failure is printed with a curl line that reproduces it.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections.abc import Sequence
@@ -67,20 +66,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name = f"{method} {path}"
                 started = time.perf_counter()
                 try:
-                    fuzz_operation(schema, client, method, path, args.cases, None if args.no_token else ADMIN_TOKEN,
-                                   seed=args.seed)
+                    sent = fuzz_operation(schema, client, method, path, args.cases,
+                                          None if args.no_token else ADMIN_TOKEN, seed=args.seed)
                 except Exception as error:  # a failing check or a crash: report it and go on
                     summary[name] = {"ok": False, "error": f"{type(error).__name__}: {error}"}
                 else:
-                    summary[name] = {"ok": True}
+                    summary[name] = {"ok": True, "requests": sent}
                 summary[name]["seconds"] = round(time.perf_counter() - started, 1)
-                print(f"{'ok  ' if summary[name]['ok'] else 'FAIL'} {name} ({summary[name]['seconds']} s)",
-                      flush=True)
+                print(f"{'ok  ' if summary[name]['ok'] else 'FAIL'} {name}: {summary[name].get('requests', '-')} "
+                      f"requests ({summary[name]['seconds']} s)", flush=True)
                 if not summary[name]["ok"]:
                     print(summary[name]["error"], flush=True)
     if args.out is not None:
-        args.out.write_text(json.dumps({"cases_per_operation": args.cases, "seed": args.seed,
-                                        "operations": summary}, indent=2) + "\n")
+        from benchmarks._report import finish, header
+
+        report = header("fuzz_api", argv)
+        report.update(cases_per_operation=args.cases, seed=args.seed, with_token=not args.no_token,
+                      operations=summary)
+        finish(report, args.out)
     failed = [name for name, outcome in summary.items() if not outcome["ok"]]
     print(f"{len(summary) - len(failed)}/{len(summary)} operations passed, {args.cases} cases each")
     return 1 if failed else 0

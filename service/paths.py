@@ -28,17 +28,26 @@ def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exi
         raise ApiError(403, "no_data_roots", f"{field}: no data roots are configured (set SBIR_DATA_ROOTS)",
                        field=field)
     real_roots = [Path(os.path.realpath(root)) for root in roots]
-    candidate = Path(raw).expanduser()
+    try:
+        candidate = Path(raw).expanduser()
+    except RuntimeError:  # '~name' of a user this machine does not know
+        raise ApiError(400, "invalid_path", f"{field}: {raw!r} names an unknown home directory",
+                       field=field) from None
     if candidate.is_absolute():
         candidates = [candidate]
     else:
         candidates = [root / candidate for root in real_roots]
-    chosen = next((path for path in candidates if path.exists()), candidates[0])
-    real = Path(os.path.realpath(chosen))
-    if not any(real == root or real.is_relative_to(root) for root in real_roots):
-        raise ApiError(403, "path_outside_data_roots", f"{field}: {raw!r} is outside the configured data roots",
-                       field=field)
-    if must_exist and not real.exists():
+    try:
+        chosen = next((path for path in candidates if path.exists()), candidates[0])
+        real = Path(os.path.realpath(chosen))
+        if not any(real == root or real.is_relative_to(root) for root in real_roots):
+            raise ApiError(403, "path_outside_data_roots",
+                           f"{field}: {raw!r} is outside the configured data roots", field=field)
+        exists = real.exists()
+    except OSError as error:  # e.g. a name too long for the file system (ENAMETOOLONG)
+        raise ApiError(400, "invalid_path", f"{field}: unusable path ({error.strerror or error})",
+                       field=field) from None
+    if must_exist and not exists:
         raise ApiError(400, "path_not_found", f"{field}: {raw!r} does not exist", field=field)
     return real
 

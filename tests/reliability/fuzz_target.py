@@ -39,11 +39,13 @@ CHECKS = [not_a_server_error, response_schema_conformance, content_type_conforma
 
 
 def fuzz_operation(api_schema, client: TestClient, method: str, path: str, cases: int,
-                   token: str | None, seed: int | None = None) -> None:
-    """Send `cases` generated cases of one operation through `client` (an app whose lifespan is
+                   token: str | None, seed: int | None = None) -> int:
+    """Send up to `cases` generated cases of one operation through `client` (an app whose lifespan is
     already running: schemathesis' own ASGI transport would run the lifespan, and so close the
     index, around every call) and check each response; raises on the first failing check.
-    seed None: hypothesis' derandomized (fixed) sequence."""
+    seed None: hypothesis' derandomized (fixed) sequence. Returns the number of requests sent
+    (fewer than `cases` when the operation's inputs are fewer, e.g. no parameters at all)."""
+    sent = [0]
     operation = api_schema[path][method]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     options = dict(max_examples=cases, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -59,6 +61,7 @@ def fuzz_operation(api_schema, client: TestClient, method: str, path: str, cases
         if request.get("files"):
             request["files"] = [(name, _file_part(part)) for name, part in request["files"]]
         response = client.request(**request)
+        sent[0] += 1
         response.request.read()  # a multipart body is a stream; the checks read the request back
         case.validate_response(response, checks=CHECKS)
 
@@ -67,6 +70,7 @@ def fuzz_operation(api_schema, client: TestClient, method: str, path: str, cases
 
         run = hypothesis_seed(seed)(run)
     run()
+    return sent[0]
 
 
 def _file_part(part):

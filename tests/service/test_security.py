@@ -73,6 +73,18 @@ def build(client, gallery: str):
                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
 
 
+@pytest.mark.parametrize(("gallery", "words"), [
+    ("~no-such-user-sbir/gallery", "unknown home directory"),  # found by the long fuzz run: was a 500
+    ("x" * 5000, "unusable path"),  # ENAMETOOLONG from the file system
+])
+def test_unusable_paths_are_400_naming_the_field(client, gallery, words):
+    error = assert_error(build(client, gallery), 400, "invalid_path")
+    assert error["field"] == "gallery" and words in error["message"]
+    evaluate = client.post("/evaluate", json={"dataset": "generic", "root": gallery},
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert assert_error(evaluate, 400, "invalid_path")["field"] == "root"
+
+
 def test_parent_components_are_400(client):
     for gallery in ("../gallery", "gallery/../../etc", "gallery/..", "..\\..\\etc"):
         error = assert_error(build(client, gallery), 400, "invalid_path")
