@@ -296,8 +296,10 @@ class ZSEModel(nn.Module):
         """One reference-style triplet step: SA over [S, I+, I-], CA for pairs (S, I+) and (S, I-).
 
         sketches, positives, negatives: [B, 3, H, W]. Returns the CA [Ret] features of S (paired with
-        I+), I+ and I- ([B, D] each, not normalised, as the reference's triplet loss takes them) and
-        the relation scores of (S, I+) and (S, I-) ([B] each).
+        I+), I+ and I- ([B, D] each, not normalised, as the reference's triplet loss takes them), the
+        SA [Ret] features of S, I+ and I- ([B, D] each, after the final norm, not normalised: what
+        "Ret" retrieval and the ANN shortlist compare once normalised) and the relation scores of
+        (S, I+) and (S, I-) ([B] each).
         """
         batch = sketches.shape[0]
         sketch_sa = self.encoder(sketches, keep_rate=self.config.keep_rate_sketch)
@@ -312,6 +314,9 @@ class ZSEModel(nn.Module):
             negative_ret=photo_out[batch:, 0],
             positive_scores=scores[:batch],
             negative_scores=scores[batch:],
+            sketch_sa_ret=sketch_sa.tokens[:, 0],
+            positive_sa_ret=photo_sa.tokens[:batch, 0],
+            negative_sa_ret=photo_sa.tokens[batch:, 0],
         )
 
 
@@ -322,3 +327,6 @@ class TripletOutput:
     negative_ret: torch.Tensor
     positive_scores: torch.Tensor
     negative_scores: torch.Tensor
+    sketch_sa_ret: torch.Tensor
+    positive_sa_ret: torch.Tensor
+    negative_sa_ret: torch.Tensor

@@ -112,6 +112,8 @@ class ZSESection(_Section):
     batch_size is per process: under torchrun each GPU takes this many triplets a step.
     positive: ``class`` (the reference: any photo of the sketch's class) or ``instance`` (the sketch's
         own photo where the data pairs them, e.g. the OpenMoji demo).
+    ret_weight, ret_margin: an extra triplet term on the normalised self-attention [Ret] features,
+        which the ANN shortlist compares (not in the reference: 0 turns it off; see models.zse_loss).
     """
 
     batch_size: int = Field(default=15, ge=1)
@@ -119,6 +121,8 @@ class ZSESection(_Section):
     triplet_margin: float = Field(default=1.0, ge=0.0)
     triplet_weight: float = Field(default=2.0, ge=0.0)
     relation_weight: float = Field(default=4.0, ge=0.0)
+    ret_weight: float = Field(default=0.0, ge=0.0)
+    ret_margin: float = Field(default=0.2, ge=0.0)
 
 
 class AMFFSection(_Section):

@@ -232,21 +232,24 @@ def _any_rank(runtime: Runtime, *flags: bool) -> list[bool]:
 class ZSEObjective(nn.Module):
     """The ZSE-SBIR loss of a batch of triplets (a module so that DDP sees the forward pass).
 
-    forward(sketch, positive, negative [B, 3, S, S]) -> (total, {"triplet", "relation"}).
+    forward(sketch, positive, negative [B, 3, S, S]) -> (total, {"triplet", "relation"[, "ret"]}).
     """
 
     def __init__(
-        self, model: nn.Module, margin: float, triplet_weight: float, relation_weight: float
+        self, model: nn.Module, margin: float, triplet_weight: float, relation_weight: float,
+        ret_weight: float = 0.0, ret_margin: float = 0.2,
     ) -> None:
         super().__init__()
         self.model = model
         self.margin, self.triplet_weight, self.relation_weight = margin, triplet_weight, relation_weight
+        self.ret_weight, self.ret_margin = ret_weight, ret_margin
 
     def forward(self, sketch: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> Any:
         from models.zse_loss import zse_loss
 
         out = self.model.training_forward(sketch, positive, negative)  # type: ignore[operator]
-        return zse_loss(out, self.margin, self.triplet_weight, self.relation_weight)
+        return zse_loss(out, self.margin, self.triplet_weight, self.relation_weight, self.ret_weight,
+                        self.ret_margin)
 
 
 class AMFFObjective(nn.Module):
@@ -978,7 +981,8 @@ def _run(
 def _objective(config: TrainConfig, model: nn.Module) -> nn.Module:
     if config.family == "zse":
         zse = config.zse_settings
-        return ZSEObjective(model, zse.triplet_margin, zse.triplet_weight, zse.relation_weight)
+        return ZSEObjective(model, zse.triplet_margin, zse.triplet_weight, zse.relation_weight, zse.ret_weight,
+                            zse.ret_margin)
     amff = config.amff_settings
     return AMFFObjective(model, amff.lam, amff.margin, amff.mining)
 

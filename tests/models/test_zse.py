@@ -280,12 +280,21 @@ def test_zse_loss_matches_its_formula() -> None:
         negative_ret=torch.tensor([[1.0, 0.0]]),  # d(a, n) = 1
         positive_scores=torch.tensor([0.5]),
         negative_scores=torch.tensor([1.0]),
+        sketch_sa_ret=torch.tensor([[2.0, 0.0]]),  # normalised (1, 0)
+        positive_sa_ret=torch.tensor([[0.0, 5.0]]),  # (0, 1): d(a, p) = sqrt(2)
+        negative_sa_ret=torch.tensor([[3.0, 0.0]]),  # (1, 0): d(a, n) = 0
     )
     total, parts = zse_loss(out)
     # triplet: max(5 - 1 + 1, 0) = 5 (up to pairwise_distance's eps); MSE: ((0.5-0.99)^2 + (1-0.01)^2) / 2
     assert parts["triplet"].item() == pytest.approx(2 * 5.0, abs=1e-4)
     assert parts["relation"].item() == pytest.approx(4 * ((0.49**2 + 0.99**2) / 2), abs=1e-6)
+    assert set(parts) == {"triplet", "relation"}  # the reference's loss: no SA [Ret] term by default
     assert total.item() == pytest.approx(parts["triplet"].item() + parts["relation"].item())
+
+    # The optional SA [Ret] term on unit vectors: 3 * max(sqrt(2) - 0 + 0.2, 0).
+    total, parts = zse_loss(out, ret_weight=3.0, ret_margin=0.2)
+    assert parts["ret"].item() == pytest.approx(3 * (2**0.5 + 0.2), abs=1e-4)
+    assert total.item() == pytest.approx(parts["triplet"].item() + parts["relation"].item() + parts["ret"].item())
 
 
 def test_backbone_initialises_from_a_local_timm_file(tmp_path: Path) -> None:

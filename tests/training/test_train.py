@@ -210,6 +210,19 @@ def test_zse_training_lowers_the_loss_on_the_reference_layout(tmp_path, tuberlin
     assert json.loads((run_dir / "report.json").read_text())["status"] == "completed"
 
 
+def test_the_optional_sa_ret_triplet_is_trained_and_logged(tmp_path, tuberlin_root):
+    run_dir = tmp_path / "run"
+    report = train(zse_config(run_dir, tuberlin_root, zse={"batch_size": 2, "ret_weight": 1.5, "ret_margin": 0.3},
+                              schedule={"epochs": 1, "epoch_size": 4, "log_every": 1},
+                              validation={"enabled": False}))
+    assert report["status"] == "completed" and report["step"] == 2
+    records = _events(run_dir, "train")
+    assert [set(r["parts"]) for r in records] == [{"triplet", "relation", "ret"}] * 2
+    # The term is a weighted triplet on unit vectors: between 0 and weight * (2 + margin).
+    assert all(0.0 <= r["parts"]["ret"] <= 1.5 * 2.3 for r in records)
+    assert all(r["loss"] == pytest.approx(sum(r["parts"].values()), rel=1e-5) for r in records)
+
+
 def test_amff_training_lowers_the_loss_on_the_generic_layout(tmp_path, generic_root):
     unseen = ["hbar", "vbar"]
     split = load_split("generic", generic_root, "train", unseen=unseen)
