@@ -23,7 +23,7 @@ import pytest
 import indexer
 from service.jobs import RESTART_REASON
 from service.main import create_app
-from tests.service.conftest import ADMIN_TOKEN, auth, running, sketch_png
+from tests.service.conftest import ADMIN_TOKEN, auth, running, sketch_png, wait_for
 from tests.service.test_server import PROJECT_ROOT, free_port
 
 
@@ -116,11 +116,7 @@ def test_server_killed_during_an_index_build(server):
         response = http.post("/index/build", json={"gallery": "gallery", "name": "rebuilt"}, headers=auth())
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
-        deadline = time.monotonic() + 60
-        while http.get(f"/jobs/{job_id}").json()["state"] == "queued":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert http.get(f"/jobs/{job_id}").json()["state"] == "running"
+        assert wait_for(http, job_id, lambda job: job["state"] != "queued")["state"] == "running"
     server.kill()
 
     with sqlite3.connect(server.state / "jobs.sqlite3") as connection:
@@ -240,11 +236,7 @@ def test_server_killed_during_training_then_the_resubmitted_job_resumes(server, 
         body = {**_train_body(run_name, dataset, max_steps=saved_step + 2), "resume": True}
         response = http.post("/train", json=body, headers=auth())
         assert response.status_code == 202, response.text
-        resumed_id = response.json()["id"]
-        deadline = time.monotonic() + 240
-        while (job := http.get(f"/jobs/{resumed_id}").json())["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
+        job = wait_for(http, response.json()["id"], timeout=240, interval=0.2)
     assert job["state"] == "succeeded", job
     assert job["result"]["status"] == "completed" and job["result"]["step"] == saved_step + 2
     events = _events(run_dir)
@@ -311,11 +303,7 @@ def test_unwritable_index_root_fails_the_job_with_a_clear_message(make_settings,
     with running(create_app(settings)) as client:
         response = client.post("/index/build", json={"gallery": "gallery-small", "name": "x"}, headers=auth())
         assert response.status_code == 202, response.text
-        job_url = response.headers["Location"]
-        deadline = time.monotonic() + 120
-        while (job := client.get(job_url).json())["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.3)
+        job = wait_for(client, response.json()["id"], timeout=120, interval=0.3)
         assert job["state"] == "failed", job
         assert "Not a directory" in job["error"] and str(blocker) in job["error"], job["error"]
         assert client.get("/readyz").status_code == 200  # still serving the old index

@@ -10,7 +10,6 @@ import logging
 import os
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from service.api import deps
 from service.main import create_app
 from service.settings import Settings
 from tests.reliability import images
-from tests.service.conftest import ADMIN_TOKEN, assert_error, auth, running
+from tests.service.conftest import ADMIN_TOKEN, assert_error, auth, running, wait_for
 
 UNKNOWN_JOB = "/jobs/00000000000000000000000000000000"
 
@@ -141,11 +140,7 @@ def test_manifest_entries_are_confined_to_the_data_roots(make_settings, workspac
                                headers=auth())
         if response.status_code != 202:
             return  # refused up front: confined
-        job_url = response.headers["Location"]
-        deadline = time.monotonic() + 120
-        while (job := client.get(job_url).json())["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.5)
+        job = wait_for(client, response.json()["id"], timeout=120, interval=0.5)
         assert job["state"] == "failed", job
         assert "outside the data roots" in job["error"] and "secret.png" in job["error"]
 

@@ -7,6 +7,7 @@ jobs) make their own app over these files.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,6 +146,22 @@ def client(served: tuple[FastAPI, TestClient]) -> TestClient:
 def search(client: TestClient, png: bytes | None = None, **params) -> object:
     """POST /search with a sketch upload; returns the response."""
     return client.post("/search", params=params, files={"sketch": ("sketch.png", sketch_png() if png is None else png, "image/png")})
+
+
+def finished(job: dict) -> bool:
+    return job["state"] not in ("queued", "running")
+
+
+def wait_for(client, job_id: str, predicate: Callable[[dict], bool] = finished, timeout: float = 60.0,
+             interval: float = 0.05) -> dict:
+    """Poll GET /jobs/{job_id} (a TestClient or an httpx.Client) until `predicate(job)`; the job."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        time.sleep(interval)
+    raise AssertionError(f"job {job_id} never reached the expected state: {job}")
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:

@@ -9,23 +9,13 @@ import pytest
 
 from service.jobs import RESTART_REASON, JobManager, JobStore
 from service.main import create_app
-from tests.service.conftest import assert_error, auth, running
+from tests.service.conftest import assert_error, auth, running, wait_for
 
 TEST_WORK = {
     "train": "tests.service.work_functions:slow",
     "evaluate": "tests.service.work_functions:fail",
     "index_build": "tests.service.work_functions:environment",
 }
-
-
-def wait_for(client, job_id: str, predicate, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached the expected state: {job}")
 
 
 def pid_alive(pid: int) -> bool:
