@@ -36,9 +36,15 @@ def default_factory(count: int, dim: int) -> str:
     """
     if count < FLAT_LIMIT:
         return "Flat"
-    nlist = _nlist_for(count)
     if count < IVF_FLAT_LIMIT:
-        return f"IVF{nlist},Flat"
+        return f"IVF{_nlist_for(count)},Flat"
+    return ivf_pq_factory(count, dim)
+
+
+def ivf_pq_factory(count: int, dim: int) -> str:
+    """`IVF{n},PQ{m}` with n = 4*sqrt(count) lists and m the largest of 48, 32, 24, ... dividing `dim`;
+    `IVF{n},Flat` when none divides it."""
+    nlist = _nlist_for(count)
     for subquantizers in _PQ_SUBQUANTIZERS:
         if dim % subquantizers == 0:
             return f"IVF{nlist},PQ{subquantizers}"
@@ -124,6 +130,11 @@ def add_to_index(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> fa
     working = on_gpu if on_gpu is not None else index
     working.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
     return faiss.index_gpu_to_cpu(working) if working is not index else index
+
+
+def stored_search_params(entry: Mapping[str, Any]) -> dict[str, int]:
+    """The search-time settings (`nprobe`, `efSearch`) a manifest entry holds."""
+    return {key: int(entry[key]) for key in ("nprobe", "efSearch") if key in entry}
 
 
 def default_search_params(index: faiss.Index) -> dict[str, int]:

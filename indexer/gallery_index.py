@@ -49,7 +49,7 @@ class GalleryIndex:
         self._patch_index: Any = None  # opened on first use of `patch_index`
         self._patch_lock = threading.Lock()
         self._index: Any = faiss.read_index(str(directory / INDEX_FILE))
-        self._params = {key: int(manifest["faiss"][key]) for key in ("nprobe", "efSearch") if key in manifest["faiss"]}
+        self._params = faiss_index.stored_search_params(manifest["faiss"])
         faiss_index.apply_search_params(self._index, self._params)
         use_gpu = faiss_index.gpu_count() > 0 if gpu is None else gpu
         self._gpu_index: Any = faiss_index.to_gpu(self._index) if use_gpu else None

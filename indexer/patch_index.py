@@ -20,8 +20,6 @@ segments; `GalleryIndex.patch_index` opens it.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,13 +28,12 @@ import numpy as np
 
 from indexer import faiss_index
 from indexer.errors import FactoryError, IndexerError
-from indexer.token_store import TokenStore
+from indexer.token_store import TokenStore, link_or_copy
 
 PATCH_INDEX_FILE = "patches.faiss"
 # Flat while 196 query patches x count x dim stays under 0.8e9 multiply-adds: measured 0.11 s per
 # sketch on 2 CPU cores (43,690 patches of 96 dims, or 5,461 of 768); 2^24 floats took 0.5 s.
 FLAT_FLOATS_LIMIT = 2**22
-_PQ_SUBQUANTIZERS = (48, 32, 24, 16, 12, 8, 4)
 _IMAGES_PER_CHUNK = 256  # photos whose patches are read, normalised and added at once
 
 
@@ -46,11 +43,7 @@ def default_patch_factory(count: int, dim: int) -> str:
     (m bytes per patch: a Sketchy gallery has 3.35M patches, 10 GB as float32 ViT-B/16 tokens)."""
     if count * dim <= FLAT_FLOATS_LIMIT:
         return "Flat"
-    nlist = max(1, min(int(4 * math.sqrt(count)), count // 39))
-    for subquantizers in _PQ_SUBQUANTIZERS:
-        if dim % subquantizers == 0:
-            return f"IVF{nlist},PQ{subquantizers}"
-    return f"IVF{nlist},Flat"
+    return faiss_index.ivf_pq_factory(count, dim)
 
 
 def check_patch_factory(factory: str, dim: int, count: int) -> None:
@@ -205,10 +198,7 @@ def extend_patch_index(source: Path, staging: Path, entry: dict[str, Any], token
     index = faiss.read_index(str(source / entry["file"]))
     segments = [dict(segment) for segment in entry["pixels"]["segments"]]
     for segment in segments:
-        try:
-            os.link(source / segment["file"], staging / segment["file"])
-        except OSError:
-            shutil.copy2(source / segment["file"], staging / segment["file"])
+        link_or_copy(source / segment["file"], staging / segment["file"])
     store = TokenStore(staging, token_layout)
     try:
         segment = _pixel_entry(len(segments), len(ids))
@@ -217,7 +207,7 @@ def extend_patch_index(source: Path, staging: Path, entry: dict[str, Any], token
     finally:
         store.close()
     faiss.write_index(index, str(staging / PATCH_INDEX_FILE))
-    params: dict[str, int] = {key: int(entry[key]) for key in ("nprobe", "efSearch") if key in entry}
+    params = faiss_index.stored_search_params(entry)
     return _entry(index, entry["factory"], params, config, [*segments, segment])
 
 
@@ -236,8 +226,7 @@ class PatchIndex:
         self.patch_size = int(entry["patch_size"])
         self._rows_of = rows_of
         self._index: Any = faiss.read_index(str(directory / entry["file"]))
-        params: dict[str, int] = {key: int(entry[key]) for key in ("nprobe", "efSearch") if key in entry}
-        faiss_index.apply_search_params(self._index, params)
+        faiss_index.apply_search_params(self._index, faiss_index.stored_search_params(entry))
         self._pixels: list[np.ndarray] = []
         starts = [0]
         for segment in entry["pixels"]["segments"]:

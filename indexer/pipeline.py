@@ -389,7 +389,7 @@ def _assemble_add(staging: Path, directory: Path, manifest: dict[str, Any], shar
                                                   [r.path for r in records], int(manifest["count"]),
                                                   loaded.model.config)
     _write_skipped(staging / SKIPPED_FILE, contents.skipped, previous=directory / SKIPPED_FILE)
-    params = {key: manifest["faiss"][key] for key in ("nprobe", "efSearch") if key in manifest["faiss"]}
+    params = faiss_index.stored_search_params(manifest["faiss"])
     write_manifest(staging, {
         **manifest,
         "updated_at": now(),

@@ -137,6 +137,14 @@ def write_segment(
     return entry
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link of a published (never modified) file: instant; a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def link_segments(source: Path, target: Path, layout: Mapping[str, Any]) -> None:
     """Make `layout`'s segment files of `source` appear in `target`: hard links (instant, and safe
     because segments are never modified after publication), else a copy across file systems."""
@@ -144,10 +152,7 @@ def link_segments(source: Path, target: Path, layout: Mapping[str, Any]) -> None
         for name in (entry["tokens"], entry["scales"], entry.get("kept")):
             if name is None:
                 continue
-            try:
-                os.link(source / name, target / name)
-            except OSError:
-                shutil.copy2(source / name, target / name)
+            link_or_copy(source / name, target / name)
 
 
 class TokenStore:
