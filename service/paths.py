@@ -27,7 +27,7 @@ def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exi
     if not roots:
         raise ApiError(403, "no_data_roots", f"{field}: no data roots are configured (set SBIR_DATA_ROOTS)",
                        field=field)
-    real_roots = [Path(os.path.realpath(root)) for root in roots]
+    real_roots = _real_paths(roots)
     try:
         candidate = Path(raw).expanduser()
     except RuntimeError:  # '~name' of a user this machine does not know
@@ -40,7 +40,7 @@ def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exi
     try:
         chosen = next((path for path in candidates if path.exists()), candidates[0])
         real = Path(os.path.realpath(chosen))
-        if not any(real == root or real.is_relative_to(root) for root in real_roots):
+        if not _inside(real, real_roots):
             raise ApiError(403, "path_outside_data_roots",
                            f"{field}: {raw!r} is outside the configured data roots", field=field)
         exists = real.exists()
@@ -54,10 +54,14 @@ def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exi
 
 def outside_roots(paths: Sequence[Path], roots: Sequence[Path]) -> list[Path]:
     """The paths whose real path (symlinks resolved) lies under none of the roots."""
-    real_roots = [Path(os.path.realpath(root)) for root in roots]
-    outside = []
-    for path in paths:
-        real = Path(os.path.realpath(path))
-        if not any(real == root or real.is_relative_to(root) for root in real_roots):
-            outside.append(path)
-    return outside
+    real_roots = _real_paths(roots)
+    return [path for path in paths if not _inside(Path(os.path.realpath(path)), real_roots)]
+
+
+def _real_paths(roots: Sequence[Path]) -> list[Path]:
+    return [Path(os.path.realpath(root)) for root in roots]
+
+
+def _inside(real: Path, real_roots: Sequence[Path]) -> bool:
+    """Whether a real path (symlinks resolved) is one of the real roots or lies below one."""
+    return any(real.is_relative_to(root) for root in real_roots)
