@@ -8,6 +8,7 @@ requests and closes the old one only when its last lease ends.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -22,10 +23,12 @@ from PIL import Image
 
 from service.batching import DynamicBatcher
 from service.errors import ApiError
-from service.query_cache import QueryCache, QueryRecord
+from service.query_cache import LRUCache, QueryCache, QueryRecord
 from service.settings import Settings
 
 logger = logging.getLogger("service.engine")
+
+EXPLANATION_CACHE_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,9 @@ class LoadedModel:
 class _IndexSlot:
     """An index plus the number of requests using it; closed once retired and unused."""
 
-    def __init__(self, index: Any) -> None:
+    def __init__(self, index: Any, generation: int) -> None:
         self.index = index
+        self.generation = generation  # which swap installed it: keys of per-index caches
         self.users = 0
         self.retired = False
 
@@ -68,6 +72,7 @@ class Lease:
 
     model: LoadedModel
     index: Any
+    generation: int  # of the index: changes with every swap
 
 
 @dataclass
@@ -106,6 +111,10 @@ class SearchEngine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.queries = QueryCache(settings.query_cache_size)
+        # The page asks for each explanation twice (JSON for the list, then the PNG): the second is
+        # served from here. Keys start with the index generation, so a swap never serves stale ones.
+        self.explanations: LRUCache[tuple[Any, ...], Any] = LRUCache(EXPLANATION_CACHE_SIZE)
+        self._generations = itertools.count()
         self.compute_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._model: LoadedModel | None = None
@@ -171,7 +180,8 @@ class SearchEngine:
     def swap_index(self, index: Any) -> None:
         """Serve `index` from now on; the previous one closes when its in-flight requests end."""
         with self._state_lock:
-            previous, self._slot = self._slot, _IndexSlot(index)
+            previous, self._slot = self._slot, _IndexSlot(index, next(self._generations))
+            self.explanations.clear()  # entries of older generations could never be asked for again
             if previous is not None:
                 previous.retired = True
                 previous.close_if_idle()
@@ -242,7 +252,7 @@ class SearchEngine:
         if slot is None or model is None:
             raise self._not_ready_error()
         try:
-            yield Lease(model, slot.index)
+            yield Lease(model, slot.index, slot.generation)
         finally:
             with self._state_lock:
                 slot.users -= 1

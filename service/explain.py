@@ -138,8 +138,14 @@ def explain_query(engine: Any, query_id: str, image_id: int, options: ExplainOpt
         inputs = ExplainInputs(lease.model.model, lease.model.device, lease.index, query.sketch_image,
                                query.sketch_tokens, image_id, record, query_id)
         options = check_options(options, lease.model.model)
+        key = (lease.generation, query_id, image_id, options)
+        cached = engine.explanations.get(key)
+        if cached is not None:
+            return cached
         with engine.compute_lock:
-            return explain(inputs, options)
+            explanation = explain(inputs, options)
+        engine.explanations.put(key, explanation)
+        return explanation
 
 
 def explain(inputs: ExplainInputs, options: ExplainOptions) -> Explanation:

@@ -1,10 +1,12 @@
-"""A bounded, thread-safe LRU of recent queries, so /explain can reuse a search's sketch."""
+"""Bounded, thread-safe LRUs: recent queries, so /explain can reuse a search's sketch, and recent
+explanations (service.engine)."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from PIL import Image
 
@@ -24,30 +26,42 @@ class QueryRecord:
     sketch_tokens: Tokens | None
 
 
-class QueryCache:
-    """At most `capacity` QueryRecords; the least recently used one is dropped first."""
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRUCache(Generic[K, V]):
+    """At most `capacity` values; the least recently used one is dropped first."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self._records: OrderedDict[str, QueryRecord] = OrderedDict()
+        self._records: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, query_id: str, record: QueryRecord) -> None:
+    def put(self, key: K, value: V) -> None:
         with self._lock:
-            self._records[query_id] = record
-            self._records.move_to_end(query_id)
+            self._records[key] = value
+            self._records.move_to_end(key)
             while len(self._records) > self.capacity:
                 self._records.popitem(last=False)
 
-    def get(self, query_id: str) -> QueryRecord | None:
+    def get(self, key: K) -> V | None:
         with self._lock:
-            record = self._records.get(query_id)
-            if record is not None:
-                self._records.move_to_end(query_id)
-            return record
+            value = self._records.get(key)
+            if value is not None:
+                self._records.move_to_end(key)
+            return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._records)
+
+
+class QueryCache(LRUCache[str, QueryRecord]):
+    """At most `capacity` QueryRecords, keyed by query id."""

@@ -262,3 +262,24 @@ def test_bad_parameters_are_422(client, searched, params, field):
     error = assert_error(client.get(f"/explain/{query_id}/{image_id}", params=params), 422, "validation_error")
     assert field in error["message"]
     assert client.get(f"/explain/{query_id}/{image_id}", params={"level": "token", "top": 196}).status_code == 200
+
+
+def test_an_explanation_asked_as_json_then_png_is_computed_once(served, searched, monkeypatch):
+    import service.explain
+
+    app, client = served
+    _, query_id, image_id = searched
+    calls = []
+    real = service.explain.explain
+    monkeypatch.setattr(service.explain, "explain", lambda inputs, options: calls.append(options) or real(inputs, options))
+    url = f"/explain/{query_id}/{image_id}?kind=influence&top=3"
+    assert client.get(url).status_code == 200
+    assert client.get(url + "&format=png").status_code == 200
+    assert len(calls) == 1  # the page's second request (the PNG) reuses the first's computation
+    assert client.get(url.replace("top=3", "top=4")).status_code == 200
+    assert len(calls) == 2  # other options: computed
+
+    engine = app.state.engine
+    engine.swap_index(engine.open_index(engine.settings.index_dir))  # a swap: nothing reused across it
+    assert client.get(url).status_code == 200
+    assert len(calls) == 3
