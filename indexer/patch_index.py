@@ -59,12 +59,12 @@ def _photo_patches(path: str, image_size: int, grid: int) -> np.ndarray:
     from PIL import Image
 
     from models.explain import image_patches
-    from models.preprocess import to_rgb
+    from models.preprocess import photo_pixels
 
     try:
         with Image.open(path) as image:
             image.load()
-            rgb = to_rgb(image).resize((image_size, image_size))
+            rgb = photo_pixels(image, image_size)
     except (OSError, SyntaxError, ValueError) as error:
         raise IndexerError(f"patch index: cannot read {path}: {error}") from None
     return image_patches(np.asarray(rgb, dtype=np.uint8), grid)

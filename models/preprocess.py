@@ -89,10 +89,14 @@ def normalize(array: np.ndarray) -> torch.Tensor:
 
 def photo(image: Image.Image, size: int = IMAGE_SIZE) -> torch.Tensor:
     """PIL photo -> [3, size, size] float32."""
+    return normalize(np.asarray(photo_pixels(image, size), dtype=np.uint8))
+
+
+def photo_pixels(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
+    """PIL photo -> the RGB size x size image the model sees (what explanations draw and patch)."""
     # The reference resizes before converting to RGB; for RGB and greyscale inputs the order does
     # not matter, and converting first keeps palette images from being resized as indices.
-    rgb = to_rgb(image).resize((size, size))
-    return normalize(np.asarray(rgb, dtype=np.uint8))
+    return to_rgb(image).resize((size, size))
 
 
 def _resize_bilinear(array: np.ndarray, width: int, height: int) -> np.ndarray:

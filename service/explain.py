@@ -167,12 +167,13 @@ def _photo_tokens(inputs: ExplainInputs, ids: Sequence[int]) -> Any:
 
 
 def _photo_image(inputs: ExplainInputs, image_id: int, record: Any | None = None) -> Image.Image:
-    """A gallery photo as the model saw it: RGB, resized to 224x224 (as `preprocess.photo` does)."""
+    """A gallery photo as the model saw it: RGB, resized to 224x224 (`preprocess.photo_pixels`)."""
+    from models.preprocess import photo_pixels
     from service.search import load_photo
 
     record = inputs.record if record is None else record
     try:
-        return load_photo(record.path).resize((PANEL_SIZE, PANEL_SIZE))
+        return photo_pixels(load_photo(record.path), PANEL_SIZE)
     except (OSError, SyntaxError, ValueError) as error:
         raise ApiError(500, "image_unreadable", f"the file of image {image_id} cannot be decoded") from error
 
