@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._report import finish, header
-from benchmarks.server_throughput import free_port, stop_server, wait_ready
+from benchmarks.server_throughput import free_port, launch_server, loadgen_command, stop_server, wait_ready
 
 ADMIN_TOKEN = "load-swap-benchmark-token"
 NEW_INDEX = "swapped-in"
@@ -36,25 +35,10 @@ NEW_INDEX = "swapped-in"
 
 def start_server(index: Path, checkpoint: Path, port: int, state: Path, data_root: Path,
                  args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(SBIR_DEVICE=args.device, SBIR_ADMIN_TOKEN=ADMIN_TOKEN, SBIR_DATA_ROOTS=json.dumps([str(data_root)]),
-               SBIR_INDEX_ROOT=str(state / "indexes"), SBIR_JOBS_DB=str(state / "jobs.sqlite3"),
-               SBIR_RERANK_BATCH_SIZE=str(args.rerank_batch_size))
-    if args.server_threads is not None:
-        env["OMP_NUM_THREADS"] = str(args.server_threads)
-    command = [sys.executable, "-m", "service.cli", "serve", "--index", str(index), "--checkpoint", str(checkpoint),
-               "--port", str(port), "--log-level", "warning"]
-    with open(state / "server.log", "ab") as stream:
-        return subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
-
-
-def start_load(url: str, args: argparse.Namespace, out: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--concurrency", str(args.concurrency),
-               "--duration", str(args.duration), "--warmup", str(args.warmup), "--k", str(args.k),
-               "--shortlist", str(args.shortlist), "--out", str(out)]
-    if args.sketches is not None:
-        command += ["--sketches", str(args.sketches)]
-    return subprocess.Popen(command)
+    settings = dict(SBIR_DEVICE=args.device, SBIR_ADMIN_TOKEN=ADMIN_TOKEN, SBIR_DATA_ROOTS=json.dumps([str(data_root)]),
+                    SBIR_INDEX_ROOT=str(state / "indexes"), SBIR_JOBS_DB=str(state / "jobs.sqlite3"),
+                    SBIR_RERANK_BATCH_SIZE=str(args.rerank_batch_size))
+    return launch_server(index, checkpoint, port, settings, args.server_threads, state / "server.log")
 
 
 def follow_build(url: str, gallery: str, started_load: float, args: argparse.Namespace) -> dict[str, Any]:
@@ -182,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             old_name = str(httpx.get(url + "/index", timeout=10).json()["name"])
             load_out = root / "load.json"
             started = time.time()
-            load_process = start_load(url, args, load_out)
+            load_process = subprocess.Popen(loadgen_command(url, args.concurrency, args, load_out))
             build = follow_build(url, str(gallery.relative_to(data_root)), started, args)
             load_status = load_process.wait()
             if load_status != 0:

@@ -51,19 +51,26 @@ def wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = READY
     raise RuntimeError(f"the server at {url} was not ready after {timeout:.0f}s")
 
 
-def start_server(index: Path, checkpoint: Path, port: int, batching: bool, args: argparse.Namespace,
-                 log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(SBIR_BATCHING=str(batching).lower(), SBIR_BATCH_WAIT_MS=str(args.batch_wait_ms),
-               SBIR_BATCH_MAX_SIZE=str(args.batch_max_size), SBIR_DEVICE=args.device,
-               SBIR_RERANK_BATCH_SIZE=str(args.rerank_batch_size), SBIR_ADMIN_TOKEN="",
-               SBIR_JOBS_DB=str(log.parent / f"jobs-{port}.sqlite3"))
-    if args.server_threads is not None:
-        env["OMP_NUM_THREADS"] = str(args.server_threads)  # torch's intra-op threads in the server
+def launch_server(index: Path, checkpoint: Path, port: int, settings: dict[str, str], server_threads: int | None,
+                  log: Path) -> subprocess.Popen[bytes]:
+    """`sbir serve` of `index` on a loopback `port`, with `settings` (SBIR_* variables) added to this
+    process's environment; output appended to `log`."""
+    env = {**os.environ, **settings}
+    if server_threads is not None:
+        env["OMP_NUM_THREADS"] = str(server_threads)  # torch's intra-op threads in the server
     command = [sys.executable, "-m", "service.cli", "serve", "--index", str(index), "--checkpoint", str(checkpoint),
                "--port", str(port), "--log-level", "warning"]
     with open(log, "ab") as stream:
         return subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
+
+
+def start_server(index: Path, checkpoint: Path, port: int, batching: bool, args: argparse.Namespace,
+                 log: Path) -> subprocess.Popen[bytes]:
+    settings = dict(SBIR_BATCHING=str(batching).lower(), SBIR_BATCH_WAIT_MS=str(args.batch_wait_ms),
+                    SBIR_BATCH_MAX_SIZE=str(args.batch_max_size), SBIR_DEVICE=args.device,
+                    SBIR_RERANK_BATCH_SIZE=str(args.rerank_batch_size), SBIR_ADMIN_TOKEN="",
+                    SBIR_JOBS_DB=str(log.parent / f"jobs-{port}.sqlite3"))
+    return launch_server(index, checkpoint, port, settings, args.server_threads, log)
 
 
 def stop_server(server: subprocess.Popen[bytes]) -> None:
@@ -75,13 +82,18 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
         server.wait()
 
 
-def run_load(url: str, concurrency: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def loadgen_command(url: str, concurrency: int, args: argparse.Namespace, out: Path) -> list[str]:
+    """The load generator as a second process: `args` gives duration, warmup, k, shortlist, sketches."""
     command = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--concurrency", str(concurrency),
                "--duration", str(args.duration), "--warmup", str(args.warmup), "--k", str(args.k),
                "--shortlist", str(args.shortlist), "--out", str(out)]
     if args.sketches is not None:
         command += ["--sketches", str(args.sketches)]
-    subprocess.run(command, check=True)
+    return command
+
+
+def run_load(url: str, concurrency: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    subprocess.run(loadgen_command(url, concurrency, args, out), check=True)
     return dict(json.loads(out.read_text()))
 
 
