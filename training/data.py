@@ -251,7 +251,28 @@ class TripletDraw:
     negative_label: int
 
 
-class TripletDataset(Dataset[dict[str, torch.Tensor]]):
+class _SeededItems(Dataset[dict[str, torch.Tensor]]):
+    """`length` items drawn from `split` by a generator seeded with (seed, epoch, index): what the
+    triplet and the class-balanced datasets share (`set_epoch` picks the epoch the sampler is in)."""
+
+    def __init__(self, split: SplitData, length: int, seed: int, sketch_augment: SketchAugment | None,
+                 image_size: int) -> None:
+        self.split = split
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+        self.sketch_augment = sketch_augment
+        self.image_size = image_size
+        self.index = _ClassIndex(split)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class TripletDataset(_SeededItems):
     """ZSE-SBIR training triplets, drawn as the reference's TrainSet does.
 
     Item ``i`` of epoch ``e``: class ``a`` uniformly among the classes with sketches and photos,
@@ -281,24 +302,12 @@ class TripletDataset(Dataset[dict[str, torch.Tensor]]):
             raise ValueError(f"positive must be 'class' or 'instance', not {positive!r}")
         if positive == "instance" and split.pairs is None:
             raise DatasetError("instance positives need sketch-photo pairs (pairing by file stem)")
+        super().__init__(split, length, seed, sketch_augment, image_size)
         self.positive = positive
-        self.split = split
-        self.length = length
-        self.seed = seed
-        self.epoch = 0
-        self.sketch_augment = sketch_augment
-        self.image_size = image_size
-        self.index = _ClassIndex(split)
         if not self.index.paired:
             raise DatasetError("no training class has both sketches and photos")
         if len(self.index.with_photos) < 2:
             raise DatasetError("triplets need photos of at least two training classes")
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
 
     def draw(self, index: int, epoch: int | None = None) -> TripletDraw:
         """The positions of item ``index`` of ``epoch`` (default: the current one); no image is read."""
@@ -346,7 +355,7 @@ def _choice(rng: np.random.Generator, positions: Sequence[int]) -> int:
 # FFMLN class-balanced batches
 
 
-class BalancedBatchDataset(Dataset[dict[str, torch.Tensor]]):
+class BalancedBatchDataset(_SeededItems):
     """FFMLN training batches: item ``i`` of epoch ``e`` is a whole batch (use ``batch_size=None``).
 
     A batch draws ``classes_per_batch`` distinct classes among those with sketches and photos (all
@@ -369,23 +378,11 @@ class BalancedBatchDataset(Dataset[dict[str, torch.Tensor]]):
         sketch_augment: SketchAugment | None = None,
         image_size: int = 224,
     ) -> None:
-        self.split = split
-        self.length = length
-        self.seed = seed
-        self.epoch = 0
+        super().__init__(split, length, seed, sketch_augment, image_size)
         self.classes_per_batch = classes_per_batch
         self.samples_per_class = samples_per_class
-        self.sketch_augment = sketch_augment
-        self.image_size = image_size
-        self.index = _ClassIndex(split)
         if len(self.index.paired) < 2:
             raise DatasetError("class-balanced batches need at least two classes with sketches and photos")
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
 
     def draw(self, index: int, epoch: int | None = None) -> tuple[list[int], list[int]]:
         """(sketch positions, photo positions) of batch ``index``; no image is read."""
