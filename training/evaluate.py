@@ -233,12 +233,20 @@ def relation_scores(
     """Relation scores of one sketch against many photos: [G'] float32 on the CPU.
 
     sketch_tokens [1, T, D] (broadcast, never repeated), photo_tokens [G, T, D]; photo_positions
-    (ascending) picks G' of the G photos, default all. Photos are scored ``chunk_size`` at a time.
+    (ascending) picks G' of the G photos, default all. Photos are scored ``chunk_size`` at a time,
+    by the service's re-ranking path (`models.fast_relation.RelationScorer`, the sketch side computed
+    once) for ZSE models, else by ``model.relation``.
     """
+    from models.fast_relation import RelationScorer, supports_fast_relation
+
     device = photo_tokens.device
     total = photo_tokens.shape[0] if photo_positions is None else len(photo_positions)
     scores = []
     with torch.no_grad():
+        scorer = None
+        if supports_fast_relation(model):
+            with autocast_for(device, amp):
+                scorer = RelationScorer(model, sketch_tokens, sketch_kept)
         for start in range(0, total, chunk_size):
             if photo_positions is None:
                 chunk = slice(start, min(start + chunk_size, total))
@@ -249,7 +257,10 @@ def relation_scores(
                 tokens = photo_tokens.index_select(0, index)
                 kept = None if photo_kept is None else photo_kept.index_select(0, index)
             with autocast_for(device, amp):
-                chunk_scores = model.relation(sketch_tokens, tokens, sketch_kept, kept)  # type: ignore[operator]
+                if scorer is not None:
+                    chunk_scores = scorer.score(tokens, kept)
+                else:
+                    chunk_scores = model.relation(sketch_tokens, tokens, sketch_kept, kept)  # type: ignore[operator]
             scores.append(chunk_scores.float().cpu())
     return torch.cat(scores) if scores else torch.empty(0)
 
