@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import load_average, percentiles_ms
+from benchmarks._report import finish, header, load_average, percentiles_ms
 
 STAGES = ("decode", "embed", "ann", "rerank", "total")
 
@@ -123,17 +123,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     sketches = folder_sketches(args.sketches, args.count) if args.sketches else synthetic_sketches(args.count, seed=7)
-    load_at_start = load_average()
+    report = header("loadgen", argv)
     params = {"k": args.k, "shortlist": args.shortlist}
-    result = asyncio.run(generate(args.url.rstrip("/") + "/search", sketches, args.concurrency, args.duration,
-                                  params, args.warmup))
-    result.update(url=args.url, params=params, load_average_at_start=load_at_start, load_average_at_end=load_average())
-    text = json.dumps(result, indent=2, sort_keys=True)
+    report.update(asyncio.run(generate(args.url.rstrip("/") + "/search", sketches, args.concurrency, args.duration,
+                                       params, args.warmup)))
+    report.update(url=args.url, params=params)
     if args.out is None:
-        print(text)
+        report["load_average_at_end"] = load_average()
+        print(json.dumps(report, indent=2, sort_keys=True))
     else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        finish(report, args.out)
     return 0
 
 

@@ -66,14 +66,9 @@ def precomputed_scorer(model: Any, photos: Any, retrieval: str, relation: torch.
 
 def metrics_of(distances: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
     """Reference-style metrics averaged over queries, as training.evaluate reports them."""
-    import warnings
+    from training.metrics import retrieval_metrics
 
-    from training.metrics import per_query_metrics
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        per_query = per_query_metrics(distances, relevant, "reference", False)
-        return {key: float(np.nanmean(per_query[key])) for key in METRICS}
+    return retrieval_metrics(distances, relevant, "reference")
 
 
 def evaluate_setting(model: Any, split: Any, shortlists: Sequence[int], args: argparse.Namespace,

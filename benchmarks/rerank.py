@@ -35,13 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._report import finish, header, set_threads
+from models.fast_relation import PROJECTION_SOURCES
 
 DEFAULT_PAIRS = {"zse-tiny": 256, "zse-vit-b16": 16}
-# Which input (sketch or photo) feeds q, k, v of each cross-attention layer, per form.
-_SOURCES = {
-    "reference": {"sketch_layer": ("sketch", "photo", "sketch"), "photo_layer": ("photo", "sketch", "photo")},
-    "paper": {"sketch_layer": ("sketch", "photo", "photo"), "photo_layer": ("photo", "sketch", "sketch")},
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,7 +80,7 @@ def naive_relation(model: Any, sketch_tokens: torch.Tensor, photo_tokens: torch.
     if sketch_mask is not None:
         sketch_mask = sketch_mask.repeat(pairs, 1)
     inputs = {"sketch": sketch, "photo": photo}
-    sources = _SOURCES[model.cross.form]
+    sources = PROJECTION_SOURCES[model.cross.form]
     sketch_layer, photo_layer = model.cross.sketch_layer, model.cross.photo_layer
     q, k, v = (inputs[source] for source in sources["sketch_layer"])
     sketch_out = _naive_layer(sketch_layer, q, k, v, sketch, photo_mask)

@@ -30,7 +30,7 @@ from torch import nn
 from models.cross_attention import UnbiasedLayerNorm
 
 # Which input each projection of each cross-attention layer reads, per form (see models.cross_attention).
-_SOURCES = {
+PROJECTION_SOURCES = {
     "reference": {"sketch_layer": ("sketch", "photo", "sketch"), "photo_layer": ("photo", "sketch", "photo")},
     "paper": {"sketch_layer": ("sketch", "photo", "photo"), "photo_layer": ("photo", "sketch", "sketch")},
 }
@@ -86,7 +86,7 @@ def _full_grid(model: Any, tokens: torch.Tensor, kept: torch.Tensor | None) -> t
 
 
 def _photo_projections(model: Any) -> list[tuple[str, str]]:
-    sources = _SOURCES[model.cross.form]
+    sources = PROJECTION_SOURCES[model.cross.form]
     return [(name, role) for name in ("sketch_layer", "photo_layer")
             for role, source in zip(_ROLES, sources[name], strict=True) if source == "photo"]
 
@@ -133,7 +133,7 @@ class RelationScorer:
             raise ValueError(f"RelationScorer takes one sketch, got sketch_tokens of shape {tuple(sketch_tokens.shape)}")
         self.model = model
         self.photo_weights = fused_photo_weights(model)
-        sources = _SOURCES[model.cross.form]
+        sources = PROJECTION_SOURCES[model.cross.form]
         tokens, mask = _full_grid(model, sketch_tokens, None if sketch_kept is None else sketch_kept[:1])
         self.sketch_mask = mask  # keys of the photo layer (the sketch's dropped slots are masked out)
         self.sketch_residual = tokens[:, 1:]  # [1, N, D]: the sketch layer's residual, [Ret] row skipped
