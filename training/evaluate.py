@@ -42,7 +42,7 @@ from training.data import (
     load_split,
 )
 from training.datasets import Sample, SplitData
-from training.metrics import per_query_metrics, relevance_from_labels
+from training.metrics import per_query_metrics, rank_by_distances, relevance_from_labels
 
 Retrieval = Literal["ret", "rn", "two-stage"]
 RETRIEVALS: tuple[str, ...] = ("ret", "rn", "two-stage")
@@ -345,8 +345,10 @@ class _MetricAccumulator:
     fine_grained: bool
     values: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
-    def add(self, distances: np.ndarray, relevant: np.ndarray) -> None:
-        for key, per_query in per_query_metrics(distances, relevant, self.style, self.fine_grained).items():
+    def add(self, distances: np.ndarray, relevant: np.ndarray, order: np.ndarray | None = None) -> None:
+        """order: ``rank_by_distances(distances)``, shared by the accumulators of one batch."""
+        metrics = per_query_metrics(distances, relevant, self.style, self.fine_grained, order=order)
+        for key, per_query in metrics.items():
             self.values.setdefault(key, []).append(per_query)
 
     def means(self) -> dict[str, float]:
@@ -457,12 +459,13 @@ def evaluate_model(
             timings["scoring_s"] += clock - now
             positions_np = positions.numpy()
             relevant = relevance_from_labels(sketch_labels[positions_np], photo_labels)
+            order = rank_by_distances(distances)  # one sort for every style and relevance below
             for accumulator in accumulators.values():
-                accumulator.add(distances, relevant)
+                accumulator.add(distances, relevant, order)
             if instance:
                 assert split.pairs is not None
                 instance_accumulator.add(
-                    distances, _instance_relevance(split.pairs, positions_np, len(split.photos))
+                    distances, _instance_relevance(split.pairs, positions_np, len(split.photos)), order
                 )
             now = time.perf_counter()
             timings["metrics_s"] += now - clock

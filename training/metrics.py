@@ -126,11 +126,13 @@ def relevance_from_labels(query_labels: Any, gallery_labels: Any) -> np.ndarray:
 
 
 def _chunk_metrics(
-    distances: np.ndarray, relevant: np.ndarray, style: Style, fine_grained: bool
+    distances: np.ndarray, relevant: np.ndarray, style: Style, fine_grained: bool, order: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """Per-query metrics of one chunk: ``[q, G]`` inputs -> dict of ``[q]`` float64 (NaN if P = 0)."""
+    """Per-query metrics of one chunk: ``[q, G]`` inputs -> dict of ``[q]`` float64 (NaN if P = 0).
+    order: ``rank_by_distances(distances)`` when the caller has it already."""
     n_queries, n_gallery = distances.shape
-    order = np.argsort(distances, axis=1, kind="stable")
+    if order is None:
+        order = np.argsort(distances, axis=1, kind="stable")
     ranked_relevance = np.take_along_axis(relevant, order, axis=1)  # [q, G] bool, best rank first
     del order
 
@@ -185,6 +187,7 @@ def per_query_metrics(
     style: Style = "reference",
     fine_grained: bool = False,
     chunk_size: int | None = None,
+    order: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-query metrics, the values :func:`retrieval_metrics` averages.
 
@@ -194,6 +197,8 @@ def per_query_metrics(
         style: ``"reference"`` or ``"standard"`` (see the module docstring).
         fine_grained: also return ``acc_1`` and ``acc_10``.
         chunk_size: queries per chunk; default keeps each working array near 4 M elements.
+        order: ``rank_by_distances(distances)``, when the caller ranks the same distances for
+            several metric styles or relevances (the sort is the costliest step); else computed here.
 
     Returns:
         ``{"map_all", "map_200", "prec_100", "prec_200"[, "acc_1", "acc_10"]}`` -> ``[Q]`` float64,
@@ -219,7 +224,8 @@ def per_query_metrics(
     result = {key: np.empty(n_queries, dtype=np.float64) for key in keys}
     for start in range(0, n_queries, chunk_size):
         stop = min(start + chunk_size, n_queries)
-        chunk = _chunk_metrics(distances[start:stop], relevant[start:stop], style, fine_grained)
+        chunk = _chunk_metrics(distances[start:stop], relevant[start:stop], style, fine_grained,
+                               None if order is None else order[start:stop])
         for key in keys:
             result[key][start:stop] = chunk[key]
     return result

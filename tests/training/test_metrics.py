@@ -276,3 +276,14 @@ def test_rejects_bad_input():
         retrieval_metrics(np.zeros((2, 3)), np.zeros((2, 4), dtype=bool))
     with pytest.raises(ValueError, match="style"):
         retrieval_metrics(np.zeros((2, 3)), np.zeros((2, 3), dtype=bool), style="voc")
+
+
+@pytest.mark.parametrize("style", ["reference", "standard"])
+def test_a_precomputed_ranking_gives_the_same_metrics(style):
+    rng = np.random.default_rng(5)
+    distances = rng.integers(0, 4, size=(7, 300)).astype(np.float32)  # many ties: order matters
+    relevant = rng.random((7, 300)) < 0.1
+    expected = per_query_metrics(distances, relevant, style, True, chunk_size=3)
+    given = per_query_metrics(distances, relevant, style, True, chunk_size=3, order=rank_by_distances(distances))
+    for key, values in expected.items():
+        np.testing.assert_array_equal(given[key], values)
