@@ -112,10 +112,23 @@ def _ink(array: np.ndarray) -> np.ndarray:
     so that no int32/int64 copy of the whole image is made)."""
     if array.dtype != np.uint8:
         return array.astype(np.int64).sum(axis=2) <= INK_THRESHOLD
+    return _rgb_sum(array) <= INK_THRESHOLD
+
+
+def _rgb_sum(array: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint16 [H, W] R+G+B (uint16 holds 3 * 255; no wider copy is made)."""
     total = array[..., 0].astype(np.uint16)
     total += array[..., 1]
     total += array[..., 2]
-    return total <= INK_THRESHOLD
+    return total
+
+
+def _padded_box(ys: tuple[int, int], xs: tuple[int, int], height: int, width: int,
+                padding: int = CROP_PADDING) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the ink rows ys = (min, max) and columns xs plus padding; the
+    end is max + padding, exclusive, as the reference slices."""
+    return (max(0, ys[0] - padding), min(height, ys[1] + padding),
+            max(0, xs[0] - padding), min(width, xs[1] + padding))
 
 
 def crop_to_ink(array: np.ndarray, padding: int = CROP_PADDING) -> np.ndarray:
@@ -124,11 +137,9 @@ def crop_to_ink(array: np.ndarray, padding: int = CROP_PADDING) -> np.ndarray:
     ys, xs = np.nonzero(_ink(array))
     if ys.size == 0:
         return array
-    # The reference's slice end is exclusive (max + padding), so the same here.
-    return array[
-        max(0, ys.min() - padding) : min(height, ys.max() + padding),
-        max(0, xs.min() - padding) : min(width, xs.max() + padding),
-    ]
+    top, bottom, left, right = _padded_box((int(ys.min()), int(ys.max())), (int(xs.min()), int(xs.max())),
+                                           height, width, padding)
+    return array[top:bottom, left:right]
 
 
 def resize_long_side(array: np.ndarray, size: int) -> np.ndarray:
@@ -248,9 +259,8 @@ def _ink_box(image: Image.Image, peak: float | None) -> tuple[int, int, int, int
                 xs += [x + int(columns[0]), x + int(columns[-1])]
     if not ys:
         return 0, 0, width, height
-    # As in `crop_to_ink`: the end is max + padding, exclusive.
-    return (max(0, min(xs) - CROP_PADDING), max(0, min(ys) - CROP_PADDING),
-            min(width, max(xs) + CROP_PADDING), min(height, max(ys) + CROP_PADDING))
+    top, bottom, left, right = _padded_box((min(ys), max(ys)), (min(xs), max(xs)), height, width)
+    return left, top, right, bottom
 
 
 def _darkest_blocks(array: np.ndarray, row_starts: np.ndarray, column_starts: np.ndarray) -> np.ndarray:
@@ -262,9 +272,7 @@ def _darkest_blocks(array: np.ndarray, row_starts: np.ndarray, column_starts: np
     height, width, _ = array.shape
     colour = np.zeros((height, width, 4), dtype=np.uint8)
     colour[..., :3] = array[..., ::-1]  # B, G, R, 0: as little-endian uint32, R << 16 | G << 8 | B
-    total = array[..., 0].astype(np.uint16)
-    total += array[..., 1]
-    total += array[..., 2]
+    total = _rgb_sum(array)
     key = total.astype(np.uint64)
     key <<= 24
     key |= colour.view(np.dtype("<u4"))[..., 0]
