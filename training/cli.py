@@ -61,6 +61,13 @@ def register(subparsers: Any) -> None:
         "--shortlist", type=int, default=100, metavar="K", help="two-stage shortlist size (default: 100)"
     )
     evaluate.add_argument("--quick", action="store_true", help="the reference's subsampled quick test")
+    evaluate.add_argument(
+        "--gallery",
+        choices=("unseen", "all"),
+        default="unseen",
+        help="unseen: rank the unseen classes' photos (the benchmarks' protocol); all: every photo of "
+        "the dataset, seen classes too, as a user's gallery (default: unseen)",
+    )
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     evaluate.add_argument("--num-workers", type=int, default=None, help="image loading processes")
@@ -123,6 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             out=args.out,
             num_workers=args.num_workers,
+            gallery=args.gallery,
         )
     except (CheckpointError, DatasetError, EvaluationError) as error:
         raise CliError(str(error)) from None

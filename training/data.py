@@ -122,6 +122,23 @@ def _openmoji_unseen(root: Path) -> list[str]:
     return unseen
 
 
+def with_full_gallery(zero: SplitData, train: SplitData) -> SplitData:
+    """The unseen sketches of ``zero`` against every photo: ``zero``'s photos, then ``train``'s.
+
+    Classes are ``zero.classes`` followed by those of ``train`` not already there; labels and pairs are
+    remapped accordingly (pairs still point at ``zero``'s photos, which keep their positions). This is
+    what a user of a gallery holding seen and unseen classes faces: the seen photos are distractors.
+    """
+    classes = list(zero.classes)
+    position = {name: index for index, name in enumerate(classes)}
+    for name in train.classes:
+        if name not in position:
+            position[name] = len(classes)
+            classes.append(name)
+    extra = [Sample(sample.path, position[sample.class_name], sample.class_name) for sample in train.photos]
+    return SplitData(zero.sketches, [*zero.photos, *extra], classes, zero.pairs, zero.missing)
+
+
 def quick_subset(split: SplitData, step: int = QUICK_SKETCH_STEP) -> SplitData:
     """Every ``step``-th sketch (in order) and all photos; ``pairs`` follow the kept sketches."""
     kept = range(0, len(split.sketches), step)

@@ -45,6 +45,18 @@ def register(subparsers: Any) -> None:
     index.add_argument("--out", default="data/indexes/openmoji-demo", help="index directory (default: %(default)s)")
     index.set_defaults(handler=_index)
 
+    train = commands.add_parser(
+        "train",
+        help="train the demo model with the demo recipe (in-memory data, contrastive [Ret], hard negatives)",
+        description="Train zse-tiny on the prepared demo folder with a recipe file (see training.demo_train). "
+        "A run with last.pt in its run_dir is resumed unless --restart is given.",
+    )
+    train.add_argument("--recipe", default="configs/zse-tiny-demo.yaml", help="recipe YAML (default: %(default)s)")
+    train.add_argument("--steps", type=int, default=None, help="override the recipe's total steps")
+    train.add_argument("--run-dir", default=None, help="override the recipe's run_dir")
+    train.add_argument("--restart", action="store_true", help="ignore an existing last.pt")
+    train.set_defaults(handler=_train)
+
 
 def _prepare(args: argparse.Namespace) -> int:
     from service.cli import CliError
@@ -61,6 +73,13 @@ def _prepare(args: argparse.Namespace) -> int:
     except DemoDataError as error:
         raise CliError(str(error)) from None
     print(report.summary())
+    from training.demo_extra import prepare_styles
+
+    try:
+        for line in prepare_styles(args.out, args.cache, size=args.size):
+            print(f"  {line}")
+    except DemoDataError as error:
+        raise CliError(str(error)) from None
     return 0
 
 
@@ -89,4 +108,31 @@ def _index(args: argparse.Namespace) -> int:
     except indexer.IndexerError as error:
         raise CliError(str(error)) from None
     print(f"{out}: built")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from service.cli import CliError
+    from training.demo_train import DemoRecipe, RecipeError
+    from training.demo_styles import training_bank, evaluation_banks
+    from training.demo_train import run
+    from training.demo_eval import evaluate_bank
+
+    try:
+        recipe = DemoRecipe.from_file(args.recipe, steps=args.steps, run_dir=args.run_dir)
+    except RecipeError as error:
+        raise CliError(str(error)) from None
+    bank = training_bank(recipe.data_root, recipe.styles)
+    queries, gallery = evaluation_banks(recipe.data_root)
+    print(f"training bank: {len(bank.sketches)} sketches, {len(bank.photos)} photos, "
+          f"{len(bank.trainable_instances())} instances; evaluating {len(queries.sketches)} unseen sketches "
+          f"against {len(gallery.photos)} photos", flush=True)
+    try:
+        record = run(recipe, bank, evaluate=lambda model, step: evaluate_bank(model, queries, gallery),
+                     resume=not args.restart)
+    except RecipeError as error:
+        raise CliError(str(error)) from None
+    except KeyboardInterrupt:
+        raise CliError(f"interrupted; the last checkpoint is in {recipe.run_dir} (run again to resume)") from None
+    print(record)
     return 0

@@ -174,7 +174,20 @@ def fetch_openmoji(
     integrity: str = OPENMOJI_INTEGRITY,
     npm: str = "npm",
 ) -> Path:
-    """Return ``cache/openmoji-<version>.tgz``, running ``npm pack openmoji@<version>`` when it is missing.
+    """Return ``cache/openmoji-<version>.tgz``, running ``npm pack openmoji@<version>`` when it is missing
+    (see :func:`fetch_npm_package`)."""
+    return fetch_npm_package(cache, "openmoji", version, integrity, npm=npm)
+
+
+def npm_tarball_name(package: str, version: str) -> str:
+    """The file ``npm pack`` writes: ``@scope/name`` -> ``scope-name-<version>.tgz``."""
+    return f"{package.lstrip('@').replace('/', '-')}-{version}.tgz"
+
+
+def fetch_npm_package(
+    cache: str | os.PathLike[str], package: str, version: str, integrity: str, *, npm: str = "npm"
+) -> Path:
+    """Return the tarball of ``package@version`` in ``cache``, running ``npm pack`` when it is missing.
 
     A cached tarball is reused when its sha512 equals ``integrity``; one that does not (a truncated
     download, another file) is fetched again. ``npm`` is the npm executable.
@@ -183,7 +196,8 @@ def fetch_openmoji(
         DemoDataError: npm is not installed or fails, or the fetched tarball does not match ``integrity``.
     """
     cache = Path(cache)
-    tarball = cache / f"openmoji-{version}.tgz"
+    spec = f"{package}@{version}"
+    tarball = cache / npm_tarball_name(package, version)
     if tarball.is_file():
         if sri_digest(tarball) == integrity:
             return tarball
@@ -191,15 +205,14 @@ def fetch_openmoji(
     executable = shutil.which(npm)
     if executable is None:
         raise DemoDataError(
-            f"npm not found (needed once to fetch openmoji@{version}); install Node.js or put "
-            f"{tarball.name} into {cache}"
+            f"npm not found (needed once to fetch {spec}); install Node.js or put {tarball.name} into {cache}"
         )
     cache.mkdir(parents=True, exist_ok=True)
     # npm pack writes into its working folder: a private one, so that only a complete file is renamed in.
     with tempfile.TemporaryDirectory(prefix=".npm-pack-", dir=cache) as scratch:
         try:
             result = subprocess.run(
-                [executable, "pack", f"openmoji@{version}", "--silent"],
+                [executable, "pack", spec, "--silent"],
                 cwd=scratch,
                 capture_output=True,
                 text=True,
@@ -207,14 +220,14 @@ def fetch_openmoji(
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            raise DemoDataError(f"npm pack openmoji@{version} did not finish in 10 minutes") from None
+            raise DemoDataError(f"npm pack {spec} did not finish in 10 minutes") from None
         packed = Path(scratch) / tarball.name
         if result.returncode != 0 or not packed.is_file():
             detail = _last_line(result.stderr) or _last_line(result.stdout) or f"exit status {result.returncode}"
-            raise DemoDataError(f"npm pack openmoji@{version} failed: {detail}")
+            raise DemoDataError(f"npm pack {spec} failed: {detail}")
         found = sri_digest(packed)
         if found != integrity:
-            raise DemoDataError(f"openmoji@{version} tarball has integrity {found}, expected {integrity}")
+            raise DemoDataError(f"{spec} tarball has integrity {found}, expected {integrity}")
         os.replace(packed, tarball)
     return tarball
 

@@ -40,6 +40,7 @@ from training.data import (
     Modality,
     instance_relevance_available,
     load_split,
+    with_full_gallery,
 )
 from training.datasets import Sample, SplitData
 from training.metrics import per_query_metrics, rank_by_distances, relevance_from_labels
@@ -509,8 +510,12 @@ def evaluate(
     amp: bool = True,
     num_workers: int | None = None,
     relation_chunk: int = 256,
+    gallery: Literal["unseen", "all"] = "unseen",
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the zero-shot (unseen) part of ``dataset``; return (and write) the report.
+
+    ``gallery="all"`` ranks every photo of the dataset (seen classes too) for each unseen sketch, as a
+    user of such a gallery would search it (:func:`training.data.with_full_gallery`).
 
     Args:
         checkpoint: this project's checkpoint or a reference ``best_checkpoint.pth``.
@@ -552,6 +557,10 @@ def evaluate(
     load_model_s = time.perf_counter() - started
     started = time.perf_counter()
     split = load_split(dataset, root, "zero", unseen=unseen, quick=quick)
+    if gallery == "all":
+        split = with_full_gallery(split, load_split(dataset, root, "train", unseen=unseen))
+    elif gallery != "unseen":
+        raise EvaluationError(f"gallery must be 'unseen' or 'all', got {gallery!r}")
     load_data_s = time.perf_counter() - started
     instance = instance_relevance_available(dataset, split) and dataset not in FINE_GRAINED_DATASETS
     result = evaluate_model(
@@ -587,6 +596,7 @@ def evaluate(
             "shortlist": scorer_shortlist(retrieval, shortlist, len(split.photos)),
             "unseen": unseen_value,
             "quick": quick,
+            "gallery": gallery,
             "batch_size": batch_size,
             "device": str(torch_device),
             "precision": "float16 autocast" if amp and torch_device.type == "cuda" else "float32",
