@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,7 +123,7 @@ def build_bank(items: Iterable[BankItem], size: int = 224, cache: str | os.PathL
     photo_items = [item for item in items if item.modality == "photo"]
     sketches = np.stack([decode(item, size) for item in sketch_items]) if sketch_items else np.zeros((0, size, size), np.uint8)
     photos = np.stack([decode(item, size) for item in photo_items]) if photo_items else np.zeros((0, 3, size, size), np.uint8)
-    fields = {
+    fields: dict[str, Any] = {
         "sketches": torch.from_numpy(sketches),
         "photos": torch.from_numpy(photos),
         "sketch_instance": torch.tensor([instance_id[item.instance] for item in sketch_items], dtype=torch.int64),

@@ -113,10 +113,9 @@ def _index(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from service.cli import CliError
-    from training.demo_train import DemoRecipe, RecipeError
-    from training.demo_styles import training_bank, evaluation_banks
-    from training.demo_train import run
     from training.demo_eval import evaluate_bank
+    from training.demo_styles import evaluation_banks, training_bank
+    from training.demo_train import DemoRecipe, RecipeError, run
 
     try:
         recipe = DemoRecipe.from_file(args.recipe, steps=args.steps, run_dir=args.run_dir)

@@ -77,6 +77,11 @@ class DemoRecipe:
     concept_weight: float = 0.2
     relation_weight: float = 1.0
     relation_negatives: int = 3
+    relation_sketches: int = 24
+    grad_clip: float | None = None
+    # With several styles: the share of emoji items drawn as their OpenMoji black / colour pair (the
+    # gallery's own style), so that the pixel-aligned skill of stage 1 is kept while styles are added.
+    openmoji_pair_share: float = 0.0
     hard_fraction: float = 0.5
     neighbours: int = 10
     refresh_every: int = 250
@@ -94,10 +99,12 @@ class DemoRecipe:
             "temperature": 0 < self.temperature < 1,
             "concept_weight": 0 <= self.concept_weight <= 1,
             "relation_negatives": 0 <= self.relation_negatives < self.batch,
+            "relation_sketches": 1 <= self.relation_sketches <= self.batch,
             "hard_fraction": 0 <= self.hard_fraction < 1,
             "neighbours": self.neighbours >= 1,
             "refresh_every": self.refresh_every >= 1,
             "threads": self.threads >= 1,
+            "openmoji_pair_share": 0 <= self.openmoji_pair_share <= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -243,15 +250,29 @@ def draw_batch(
         extra = neighbours[seeds[:hard], pick]
         seeds = torch.cat([seeds, extra])
     chosen = instances[seeds]
+    own_style = torch.rand(len(chosen), generator=generator) < recipe.openmoji_pair_share
     sketch_rows = torch.stack([
-        rows[int(torch.randint(len(rows), (1,), generator=generator))]
-        for rows in (sketch_members[int(i)] for i in chosen)
+        _pick_row(rows, bank.sketch_source, _source_id(bank, "openmoji-sketch") if own else None, generator)
+        for rows, own in zip((sketch_members[int(i)] for i in chosen), own_style.tolist(), strict=True)
     ])
     photo_rows = torch.stack([
-        rows[int(torch.randint(len(rows), (1,), generator=generator))]
-        for rows in (photo_members[int(i)] for i in chosen)
+        _pick_row(rows, bank.photo_source, _source_id(bank, "openmoji-photo") if own else None, generator)
+        for rows, own in zip((photo_members[int(i)] for i in chosen), own_style.tolist(), strict=True)
     ])
     return chosen, sketch_rows, photo_rows
+
+
+def _source_id(bank: PairBank, name: str) -> int | None:
+    return bank.sources.index(name) if name in bank.sources else None
+
+
+def _pick_row(rows: torch.Tensor, sources: torch.Tensor, prefer: int | None, generator: torch.Generator) -> torch.Tensor:
+    """A random row of ``rows``; among those of source ``prefer`` when it is given and has any."""
+    if prefer is not None:
+        preferred = rows[sources[rows] == prefer]
+        if len(preferred):
+            rows = preferred
+    return rows[int(torch.randint(len(rows), (1,), generator=generator))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +298,8 @@ def _lr_factor(recipe: DemoRecipe) -> Callable[[int], float]:
 
 def _parameter_groups(model: nn.Module, log_scale: nn.Parameter, weight_decay: float) -> list[dict[str, Any]]:
     # No decay on norms, biases, embeddings and the temperature (standard for ViTs and CLIP).
-    decay, plain = [], []
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         (plain if parameter.ndim <= 1 or "pos_embed" in name or "ret_token" in name else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": [*plain, log_scale], "weight_decay": 0.0}]
@@ -303,6 +325,7 @@ def run(
     run_dir = Path(recipe.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     bf16 = recipe.bf16 and (device.type == "cuda" or bf16_supported())
+    torch.manual_seed(recipe.seed)  # the initial weights are a function of the recipe
     model: Any = build_demo_model(recipe).to(device)
     model.train()
     log_scale = nn.Parameter(torch.tensor(math.log(1.0 / recipe.temperature), device=device))
@@ -365,22 +388,28 @@ def run(
         loss = ret_loss
         parts = {"ret": float(ret_loss.detach())}
         if recipe.relation_weight > 0 and negatives > 0:
+            # Cross-attention costs about one SA block per pair and side, so the relation network
+            # trains on the first relation_sketches sketches only: random seeds whose near neighbours
+            # are in the batch (draw_batch), so their hard negatives are there.
+            scored = min(recipe.relation_sketches, len(chosen))
             columns = torch.cat(
-                [torch.arange(len(chosen), device=device)[:, None],
-                 hard_negatives(sketch_ret @ photo_ret.T, weights, negatives)], dim=1
-            )  # [B, 1 + h]
+                [torch.arange(scored, device=device)[:, None],
+                 hard_negatives(sketch_ret[:scored] @ photo_ret.T, weights[:scored], negatives)], dim=1
+            )  # [b, 1 + h]
             with _autocast(device, bf16):
                 logits = relation_logits(
-                    model, sketch_out.tokens.repeat_interleave(1 + negatives, dim=0),
+                    model, sketch_out.tokens[:scored].repeat_interleave(1 + negatives, dim=0),
                     photo_out.tokens[columns.flatten()],
-                ).float().view(len(chosen), 1 + negatives)
-            relation_loss = relation_ranking_loss(logits, weights.gather(1, columns))
+                ).float().view(scored, 1 + negatives)
+            relation_loss = relation_ranking_loss(logits, weights[:scored].gather(1, columns))
             loss = loss + recipe.relation_weight * relation_loss
             parts["relation"] = float(relation_loss.detach())
             parts["relation_top1"] = float((logits.argmax(1) == 0).float().mean())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(
+            model.parameters(), recipe.grad_clip if recipe.grad_clip is not None else float("inf")
+        ))
         optimizer.step()
         scheduler.step()
         with torch.no_grad():
@@ -412,7 +441,12 @@ def run(
 
 def _check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     free = {"steps", "checkpoint_minutes", "eval_every", "log_every", "threads", "run_dir", "data_root"}
-    changed = sorted(key for key in set(saved) | set(current) if key not in free and saved.get(key) != current.get(key))
+    # A key added to the recipe after the run started has its default there.
+    defaults = dataclasses.asdict(DemoRecipe())
+    changed = sorted(
+        key for key in set(saved) | set(current)
+        if key not in free and saved.get(key, defaults.get(key)) != current.get(key, defaults.get(key))
+    )
     if changed:
         raise RecipeError(
             f"{path}: cannot resume, the recipe changed in {', '.join(changed)} (start a new run_dir)"

@@ -46,9 +46,9 @@ def erode(ink: torch.Tensor, size: int) -> torch.Tensor:
     return -F.max_pool2d(-ink, size, stride=1, padding=size // 2) if size > 1 else ink
 
 
-def _rows(batch: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    """[B, 1, 1, 1] float: 1 for the rows a transform applies to (probability p)."""
-    return (torch.rand(batch, generator=generator) < p).float().view(batch, 1, 1, 1)
+def _pick(batch: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Row positions [R] a transform applies to, each with probability p."""
+    return torch.nonzero(torch.rand(batch, generator=generator) < p).squeeze(1)
 
 
 def repen(ink: torch.Tensor, pen: int) -> torch.Tensor:
@@ -125,27 +125,28 @@ class MouseStyle:
         """uint8 grey sketches [B, H, W] -> model input [B, 3, H, W]."""
         ink = to_ink(grey)
         batch = ink.shape[0]
-        if self.p_repen > 0:
-            pen = self.pens[int(torch.randint(len(self.pens), (1,), generator=generator))]
-            rows = _rows(batch, self.p_repen, generator)
-            ink = rows * repen(ink, pen) + (1 - rows) * ink
-        if self.p_simplify > 0:
-            rows = _rows(batch, self.p_simplify, generator)
-            ink = rows * simplify(ink) + (1 - rows) * ink
-        if self.p_width > 0:
-            rows = _rows(batch, self.p_width, generator)
-            thicker = _rows(batch, 0.6, generator)
-            changed = thicker * dilate(ink, 3) + (1 - thicker) * erode(ink, 3)
+        # Each transform runs on its own rows only (the others are not computed and thrown away).
+        pen = self.pens[int(torch.randint(len(self.pens), (1,), generator=generator))]
+        rows = _pick(batch, self.p_repen, generator)
+        if len(rows):
+            ink[rows] = repen(ink[rows], pen)
+        rows = _pick(batch, self.p_simplify, generator)
+        if len(rows):
+            ink[rows] = simplify(ink[rows])
+        rows = _pick(batch, self.p_width, generator)
+        thicker = torch.rand(len(rows), generator=generator) < 0.6
+        if len(rows):
+            chosen = ink[rows]
+            changed = torch.where(thicker.view(-1, 1, 1, 1), dilate(chosen, 3), erode(chosen, 3))
             # Thinning must not wipe out a drawing of hairlines: keep the original where it would.
-            kept = (changed.flatten(1).sum(1) > 0.2 * ink.flatten(1).sum(1)).float().view(batch, 1, 1, 1)
-            ink = rows * (kept * changed + (1 - kept) * ink) + (1 - rows) * ink
-        if self.p_break > 0:
-            rows = _rows(batch, self.p_break, generator)
-            ink = rows * break_lines(ink, generator) + (1 - rows) * ink
-        if self.p_affine > 0:
-            rows = _rows(batch, self.p_affine, generator)
-            moved = affine(ink, generator, self.rotate_deg, self.scale, self.aspect, self.shift)
-            ink = rows * moved + (1 - rows) * ink
+            kept = changed.flatten(1).sum(1) > 0.2 * chosen.flatten(1).sum(1)
+            ink[rows] = torch.where(kept.view(-1, 1, 1, 1), changed, chosen)
+        rows = _pick(batch, self.p_break, generator)
+        if len(rows):
+            ink[rows] = break_lines(ink[rows], generator)
+        rows = _pick(batch, self.p_affine, generator)
+        if len(rows):
+            ink[rows] = affine(ink[rows], generator, self.rotate_deg, self.scale, self.aspect, self.shift)
         return ink_to_model(ink)
 
 
@@ -163,10 +164,9 @@ class PhotoJitter:
         """uint8 RGB [B, 3, H, W] -> model input [B, 3, H, W]."""
         images = photos.float() / 255.0
         batch = images.shape[0]
-        if self.p_affine > 0:
-            rows = _rows(batch, self.p_affine, generator)
-            moved = affine(images, generator, 0.0, self.scale, 0.0, self.shift, fill_zero=False)
-            images = rows * moved + (1 - rows) * images
+        rows = _pick(batch, self.p_affine, generator)
+        if len(rows):
+            images[rows] = affine(images[rows], generator, 0.0, self.scale, 0.0, self.shift, fill_zero=False)
         gain = 1 + (torch.rand(batch, 1, 1, 1, generator=generator) * 2 - 1) * self.contrast
         offset = (torch.rand(batch, 1, 1, 1, generator=generator) * 2 - 1) * self.brightness
         mean = images.mean(dim=(1, 2, 3), keepdim=True)

@@ -1,0 +1,168 @@
+"""The demo recipe end to end on a tiny bank: the in-memory bank, a few steps, exact resumption, the
+quick evaluation, and the recipe file's errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import models
+from training.demo_bank import BankItem, PairBank, build_bank, openmoji_items
+from training.demo_eval import evaluate_bank
+from training.demo_train import DemoRecipe, RecipeError, draw_batch, run
+
+
+def _drawing(seed: int, size: int = 224) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size, 3), 255, dtype=np.uint8)
+    for _ in range(3):
+        y, x = rng.integers(20, size - 60, 2)
+        image[y:y + 40, x:x + 6] = rng.integers(0, 200, 3)
+    return image
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo-like folder: 6 seen + 2 unseen emojis in 3 subgroups, with split.json."""
+    root = tmp_path_factory.mktemp("demo")
+    layout = {"a": ["1F600", "1F601", "1F602"], "b": ["1F400", "1F401", "1F402"], "c": ["2600", "2601"]}
+    for index, (subgroup, codes) in enumerate(layout.items()):
+        for number, code in enumerate(codes):
+            seed = 10 * index + number
+            for modality in ("sketch", "photo"):
+                path = root / modality / subgroup / f"{code}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pixels = _drawing(seed)
+                Image.fromarray(pixels if modality == "photo" else pixels.min(axis=2, keepdims=True).repeat(3, 2)).save(path)
+    (root / "split.json").write_text(json.dumps({"seen": ["a", "b"], "unseen": ["c"]}))
+    return root
+
+
+def test_bank_decodes_like_the_service_and_groups_members(folder: Path, tmp_path: Path) -> None:
+    from models import preprocess
+
+    items = openmoji_items(folder, "seen")
+    assert {item.instance for item in items} == {f"emoji:{c}" for c in ("1F600", "1F601", "1F602", "1F400", "1F401", "1F402")}
+    bank = build_bank(items, cache=tmp_path)
+    assert bank.sketches.shape == (6, 224, 224) and bank.photos.shape == (6, 3, 224, 224)
+    # The stored sketch is the service's preprocessing, back in uint8.
+    first = sorted(item.path for item in items if item.modality == "sketch")[0]
+    with Image.open(first) as image:
+        expected = ((preprocess.sketch(image) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).min(dim=0).values
+    assert torch.equal(bank.sketches[0], expected)
+    assert [bank.concepts[int(c)] for c in bank.instance_concept] == ["b", "b", "b", "a", "a", "a"]
+    assert len(bank.trainable_instances()) == 6
+    assert all(len(rows) == 1 for rows in bank.members("photo"))
+    assert len(list(tmp_path.glob("bank-*.pt"))) == 1
+    again = build_bank(items, cache=tmp_path)  # read back from the cache
+    assert torch.equal(again.photos, bank.photos) and again.instances == bank.instances
+
+
+def _bank(instances: int = 10, seed: int = 0) -> PairBank:
+    generator = torch.Generator().manual_seed(seed)
+    photos = torch.randint(0, 256, (instances, 3, 224, 224), generator=generator, dtype=torch.uint8)
+    return PairBank(
+        sketches=photos.min(dim=1).values.clone(), photos=photos,
+        sketch_instance=torch.arange(instances), photo_instance=torch.arange(instances),
+        instance_concept=torch.arange(instances) % 3,
+        sketch_source=torch.zeros(instances, dtype=torch.int64), photo_source=torch.zeros(instances, dtype=torch.int64),
+        instances=[f"i{n}" for n in range(instances)], concepts=["x", "y", "z"], sources=["s"],
+    )
+
+
+def _recipe(run_dir: Path, **changes: object) -> DemoRecipe:
+    settings = dict(run_dir=str(run_dir), batch=6, steps=4, warmup_steps=1, relation_negatives=2,
+                    relation_sketches=3, hard_fraction=0.5, neighbours=2, refresh_every=2, log_every=1,
+                    eval_every=1000, bf16=False, threads=1)
+    settings.update(changes)
+    return DemoRecipe(**settings)  # type: ignore[arg-type]
+
+
+def test_hard_batches_hold_neighbours_of_their_seeds() -> None:
+    bank = _bank()
+    instances = bank.trainable_instances()
+    neighbours = torch.tensor([[(i + 1) % 10, (i + 2) % 10] for i in range(10)])
+    chosen, sketch_rows, photo_rows = draw_batch(
+        bank, instances, bank.members("sketch"), bank.members("photo"), neighbours,
+        _recipe(Path("unused")), torch.Generator().manual_seed(0),
+    )
+    assert len(chosen) == 6
+    seeds, hard = chosen[:3], chosen[3:]
+    for seed, extra in zip(seeds.tolist(), hard.tolist(), strict=True):
+        assert extra in neighbours[seed].tolist()
+    assert torch.equal(bank.sketch_instance[sketch_rows], chosen) and torch.equal(bank.photo_instance[photo_rows], chosen)
+
+
+def test_training_runs_writes_a_loadable_model_and_resumes_exactly(tmp_path: Path) -> None:
+    bank = _bank()
+    straight = run(_recipe(tmp_path / "straight"), bank)
+    assert straight["step"] == 4 and np.isfinite(straight["loss"]) and "relation" in straight
+    model = models.load_checkpoint(tmp_path / "straight" / "model.pt")
+    assert model.config.name == "zse-tiny" and model.config.dropout == 0.0
+
+    stop_after = iter([False, False, True])
+    run(_recipe(tmp_path / "resumed"), bank, should_stop=lambda: next(stop_after))
+    assert json.loads((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+    resumed = run(_recipe(tmp_path / "resumed"), bank)
+    assert resumed["loss"] == straight["loss"]
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    events = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert {"event": "resume", "step": 2}.items() <= events[2].items()
+
+
+def test_resuming_with_another_recipe_is_refused(tmp_path: Path) -> None:
+    bank = _bank()
+    run(_recipe(tmp_path, steps=1), bank)
+    with pytest.raises(RecipeError, match="lr"):
+        run(_recipe(tmp_path, steps=2, lr=5e-4), bank)
+
+
+def test_quick_evaluation_matches_a_brute_force_ranking(folder: Path) -> None:
+    torch.manual_seed(0)
+    model = models.build_model("zse-tiny").eval()
+    queries = build_bank([item for item in openmoji_items(folder, "unseen") if item.modality == "sketch"])
+    gallery = build_bank([item for item in openmoji_items(folder, "all") if item.modality == "photo"])
+    found = evaluate_bank(model, queries, gallery, shortlist=3)
+    from training.demo_train import encode_photos, encode_sketches
+
+    sketch_ret, _ = encode_sketches(model, queries.sketches, torch.device("cpu"), False)
+    photo_ret = encode_photos(model, gallery.photos, torch.device("cpu"), False)
+    ranks = []
+    for row, instance in enumerate(queries.sketch_instance.tolist()):
+        own = gallery.instances.index(queries.instances[instance])
+        order = torch.argsort(-(sketch_ret[row] @ photo_ret.T), stable=True).tolist()
+        ranks.append(order.index(own))
+    assert found["ret"]["acc_1"] == np.mean([rank == 0 for rank in ranks])
+    assert found["ret"]["acc_10"] == np.mean([rank < 10 for rank in ranks])
+    assert 0.0 <= found["two_stage"]["map_all"] <= 1.0
+
+
+def test_recipe_file_errors_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("batch: 64\nlearning_rate: 0.1\n")
+    with pytest.raises(RecipeError, match="unknown key.*learning_rate"):
+        DemoRecipe.from_file(path)
+    path.write_text("temperature: 2\n")
+    with pytest.raises(RecipeError, match="temperature"):
+        DemoRecipe.from_file(path)
+    with pytest.raises(RecipeError, match="no-such.yaml"):
+        DemoRecipe.from_file(tmp_path / "no-such.yaml")
+    path.write_text("steps: 10\n")
+    assert DemoRecipe.from_file(path, steps=20, run_dir=None).steps == 20
+
+
+def test_shipped_recipe_parses() -> None:
+    recipe = DemoRecipe.from_file(Path(__file__).resolve().parents[2] / "configs" / "zse-tiny-demo.yaml")
+    assert "openmoji" in recipe.styles and recipe.model == "zse-tiny"
+
+
+def test_bank_item_is_hashable_by_value() -> None:
+    item = BankItem(Path("x.png"), "sketch", "emoji:1", "c", "s")
+    assert item == BankItem(Path("x.png"), "sketch", "emoji:1", "c", "s")
