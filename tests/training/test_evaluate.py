@@ -290,3 +290,37 @@ def test_sbir_evaluate_reports_a_missing_checkpoint_in_one_line(tmp_path, demo_r
     )
     assert status == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_full_gallery_ranks_seen_photos_too(demo_root, zse_model, zse_checkpoint):
+    from training.data import with_full_gallery
+
+    zero = load_split("openmoji-demo", demo_root, "zero")
+    train = load_split("openmoji-demo", demo_root, "train")
+    full = with_full_gallery(zero, train)
+    assert full.sketches == zero.sketches and full.pairs == zero.pairs
+    assert len(full.photos) == len(zero.photos) + len(train.photos)
+    assert full.photos[: len(zero.photos)] == zero.photos  # pairs keep pointing at the same photos
+    for sample in full.photos:
+        assert full.classes[sample.label] == sample.class_name
+
+    report = evaluate(zse_checkpoint, "openmoji-demo", demo_root, retrieval="ret", batch_size=5, gallery="all")
+    assert report["dataset"]["photos"] == len(full.photos) and report["config"]["gallery"] == "all"
+    # Independent: brute-force [Ret] ranking over every photo, one image at a time.
+    sketches = _encode_one_by_one(zse_model, full.sketches, "sketch")
+    photos = _encode_one_by_one(zse_model, full.photos, "photo")
+    similarity = torch.cat([s.ret for s in sketches]) @ torch.cat([p.ret for p in photos]).T
+    relevant = relevance_from_labels([s.label for s in full.sketches], [p.label for p in full.photos])
+    expected = retrieval_metrics(-similarity.numpy(), relevant)
+    assert abs(report["metrics"]["map_all"] - expected["map_all"]) < 1e-5
+    own = np.zeros_like(relevant)
+    for row, photo in enumerate(full.pairs):
+        own[row, photo] = True
+    assert report["metrics"]["acc_1"] == retrieval_metrics(-similarity.numpy(), own, fine_grained=True)["acc_1"]
+
+
+def test_an_unknown_gallery_is_refused(demo_root, zse_checkpoint):
+    from training.evaluate import EvaluationError
+
+    with pytest.raises(EvaluationError, match="gallery"):
+        evaluate(zse_checkpoint, "openmoji-demo", demo_root, gallery="everything")
