@@ -70,3 +70,16 @@ def relation_ranking_loss(
     ranking = soft_cross_entropy(logits, weights)
     binary = F.binary_cross_entropy_with_logits(logits, (weights >= 1).float())
     return ranking + calibration * binary
+
+
+def alignment_loss(kernel: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cell alignment of pairs drawn in one frame (an OpenMoji black drawing and its colour version).
+
+    kernel: [P, A, A] cosines of sketch anchor i and photo anchor j after cross-attention. Each row,
+    as a softmax at ``temperature``, is trained to peak at its own cell: mean cross-entropy with target
+    i. What the correspondence explanation shows (its best photo cell per sketch cell) then points at
+    the matching part of the photo.
+    """
+    pairs, anchors, _ = kernel.shape
+    targets = torch.arange(anchors, device=kernel.device).repeat(pairs)
+    return F.cross_entropy(kernel.reshape(pairs * anchors, anchors) / temperature, targets)

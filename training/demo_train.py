@@ -37,6 +37,7 @@ from torch import nn
 
 from indexer.atomic import write_atomic, write_json_atomic
 from training.contrastive import (
+    alignment_loss,
     contrastive_ret_loss,
     hard_negatives,
     positive_weights,
@@ -82,6 +83,11 @@ class DemoRecipe:
     # With several styles: the share of emoji items drawn as their OpenMoji black / colour pair (the
     # gallery's own style), so that the pixel-aligned skill of stage 1 is kept while styles are added.
     openmoji_pair_share: float = 0.0
+    # Weight of the cell-alignment term on OpenMoji black / colour pairs (same frame): each sketch
+    # anchor's kernel row, as a softmax at align_temperature, should peak at its own cell. This keeps
+    # the correspondence explanations meaningful (training.contrastive.alignment_loss).
+    align_weight: float = 0.0
+    align_temperature: float = 0.1
     hard_fraction: float = 0.5
     neighbours: int = 10
     refresh_every: int = 250
@@ -156,11 +162,17 @@ def relation_logits(model: Any, sketch_tokens: torch.Tensor, photo_tokens: torch
 
     ``model.relation`` is sigmoid of this; the loss works on logits for numerical range.
     """
+    return relation_logits_and_kernel(model, sketch_tokens, photo_tokens)[0]
+
+
+def relation_logits_and_kernel(model: Any, sketch_tokens: torch.Tensor,
+                               photo_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [P], cosine kernel [P, A, A]) of P pairs of tokens [P, T, D]."""
     from models.relation import cosine_kernel
 
     sketch_out, photo_out = model.cross_tokens(sketch_tokens, photo_tokens)
     kernel = cosine_kernel(model.anchors(sketch_out), model.anchors(photo_out))
-    return model.relation_head.layers(kernel.flatten(1)).squeeze(-1)
+    return model.relation_head.layers(kernel.flatten(1)).squeeze(-1), kernel
 
 
 def bf16_supported() -> bool:
@@ -260,6 +272,14 @@ def draw_batch(
         for rows, own in zip((photo_members[int(i)] for i in chosen), own_style.tolist(), strict=True)
     ])
     return chosen, sketch_rows, photo_rows
+
+
+def _own_style(bank: PairBank, sketch_rows: torch.Tensor, photo_rows: torch.Tensor) -> torch.Tensor:
+    """[b] bool: the pair is an OpenMoji black drawing with its own colour version (one frame)."""
+    sketch_id, photo_id = _source_id(bank, "openmoji-sketch"), _source_id(bank, "openmoji-photo")
+    if sketch_id is None or photo_id is None:
+        return torch.zeros(len(sketch_rows), dtype=torch.bool)
+    return (bank.sketch_source[sketch_rows] == sketch_id) & (bank.photo_source[photo_rows] == photo_id)
 
 
 def _source_id(bank: PairBank, name: str) -> int | None:
@@ -397,13 +417,21 @@ def run(
                  hard_negatives(sketch_ret[:scored] @ photo_ret.T, weights[:scored], negatives)], dim=1
             )  # [b, 1 + h]
             with _autocast(device, bf16):
-                logits = relation_logits(
+                logits, kernel = relation_logits_and_kernel(
                     model, sketch_out.tokens[:scored].repeat_interleave(1 + negatives, dim=0),
                     photo_out.tokens[columns.flatten()],
-                ).float().view(scored, 1 + negatives)
+                )
+            logits = logits.float().view(scored, 1 + negatives)
             relation_loss = relation_ranking_loss(logits, weights[:scored].gather(1, columns))
             loss = loss + recipe.relation_weight * relation_loss
             parts["relation"] = float(relation_loss.detach())
+            if recipe.align_weight > 0:
+                own = _own_style(bank, sketch_rows[:scored], photo_rows[:scored]).to(device)
+                if own.any():
+                    positives = kernel.float().view(scored, 1 + negatives, *kernel.shape[1:])[:, 0]
+                    align = alignment_loss(positives[own], recipe.align_temperature)
+                    loss = loss + recipe.align_weight * align
+                    parts["align"] = float(align.detach())
             parts["relation_top1"] = float((logits.argmax(1) == 0).float().mean())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
