@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
         description="Train zse-tiny on the prepared demo folder with a recipe file (see training.demo_train). "
         "A run with last.pt in its run_dir is resumed unless --restart is given.",
     )
-    train.add_argument("--recipe", default="configs/zse-tiny-demo.yaml", help="recipe YAML (default: %(default)s)")
+    train.add_argument("--recipe", default="configs/demo/zse-tiny-demo.yaml", help="recipe YAML (default: %(default)s)")
     train.add_argument("--steps", type=int, default=None, help="override the recipe's total steps")
     train.add_argument("--run-dir", default=None, help="override the recipe's run_dir")
     train.add_argument("--restart", action="store_true", help="ignore an existing last.pt")

@@ -59,7 +59,7 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class DemoRecipe:
-    """The settings of one demo training run (a YAML file's keys; see configs/zse-tiny-demo.yaml)."""
+    """The settings of one demo training run (a YAML file's keys; see configs/demo/zse-tiny-demo.yaml)."""
 
     run_dir: str = "runs/zse-tiny-demo"
     data_root: str = "data/demo"

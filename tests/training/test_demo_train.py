@@ -158,9 +158,19 @@ def test_recipe_file_errors_name_the_key(tmp_path: Path) -> None:
     assert DemoRecipe.from_file(path, steps=20, run_dir=None).steps == 20
 
 
-def test_shipped_recipe_parses() -> None:
-    recipe = DemoRecipe.from_file(Path(__file__).resolve().parents[2] / "configs" / "zse-tiny-demo.yaml")
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs" / "demo").glob("*.yaml")),
+                         ids=lambda path: path.name)
+def test_shipped_recipes_parse(path: Path) -> None:
+    recipe = DemoRecipe.from_file(path)
     assert "openmoji" in recipe.styles and recipe.model == "zse-tiny"
+
+
+def test_the_three_stages_chain() -> None:
+    folder = Path(__file__).resolve().parents[2] / "configs" / "demo"
+    first, styles, align = (DemoRecipe.from_file(folder / f"zse-tiny-demo{suffix}.yaml") for suffix in ("", "-styles", "-align"))
+    assert first.init_checkpoint is None
+    assert styles.init_checkpoint == f"{first.run_dir}/model.pt"
+    assert align.init_checkpoint == f"{styles.run_dir}/model.pt" and align.align_weight > 0
 
 
 def test_bank_item_is_hashable_by_value() -> None:
