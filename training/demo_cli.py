@@ -121,8 +121,12 @@ def _train(args: argparse.Namespace) -> int:
         recipe = DemoRecipe.from_file(args.recipe, steps=args.steps, run_dir=args.run_dir)
     except RecipeError as error:
         raise CliError(str(error)) from None
-    bank = training_bank(recipe.data_root, recipe.styles)
-    queries, gallery = evaluation_banks(recipe.data_root)
+    try:
+        bank = training_bank(recipe.data_root, recipe.styles)
+        queries, gallery = evaluation_banks(recipe.data_root)
+    except FileNotFoundError as error:
+        missing = error.filename or str(error)
+        raise CliError(f"{missing}: not found (run `sbir demo prepare --out {recipe.data_root}` first)") from None
     print(f"training bank: {len(bank.sketches)} sketches, {len(bank.photos)} photos, "
           f"{len(bank.trainable_instances())} instances; evaluating {len(queries.sketches)} unseen sketches "
           f"against {len(gallery.photos)} photos", flush=True)

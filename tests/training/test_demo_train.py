@@ -176,3 +176,14 @@ def test_the_three_stages_chain() -> None:
 def test_bank_item_is_hashable_by_value() -> None:
     item = BankItem(Path("x.png"), "sketch", "emoji:1", "c", "s")
     assert item == BankItem(Path("x.png"), "sketch", "emoji:1", "c", "s")
+
+
+def test_the_command_names_a_missing_demo_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"data_root: {tmp_path / 'nowhere'}\nrun_dir: {tmp_path / 'run'}\n")
+    assert main(["demo", "train", "--recipe", str(recipe)]) != 0
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "sbir demo prepare" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
