@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from training.demo_bank import PairBank
-from training.demo_train import encode_photos, encode_sketches
+from training.demo_train import encode_images, encode_sketches
 from training.metrics import retrieval_metrics
 
 
@@ -45,11 +45,8 @@ def evaluate_bank(model: Any, sketches: PairBank, gallery: PairBank, *, shortlis
     by name (the two banks have their own ids)."""
     device = device or torch.device("cpu")
     sketch_ret, sketch_tokens = encode_sketches(model, sketches.sketches, device, bf16)
-    photo_ret = encode_photos(model, gallery.photos, device, bf16)
-    was_training = model.training
-    model.eval()
-    photo_tokens = _photo_tokens(model, gallery, device, bf16)
-    model.train(was_training)
+    photo_ret, photo_tokens = encode_images(model, gallery.photos, "photo", device, bf16, keep_tokens=True)
+    assert photo_tokens is not None
     sketch_instance = np.array([sketches.instances[i] for i in sketches.sketch_instance.tolist()])
     photo_instance = np.array([gallery.instances[i] for i in gallery.photo_instance.tolist()])
     sketch_concept = np.array([sketches.concepts[sketches.instance_concept[i]] for i in sketches.sketch_instance.tolist()])
@@ -78,15 +75,3 @@ def evaluate_bank(model: Any, sketches: PairBank, gallery: PairBank, *, shortlis
         }
     results["ret_score_spread"] = float(similarity.max(1).values.mean() - similarity.median(1).values.mean())
     return results
-
-
-def _photo_tokens(model: Any, gallery: PairBank, device: torch.device, bf16: bool) -> torch.Tensor:
-    from training.sketch_jitter import photo_to_model
-
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(gallery.photos), 128):
-            images = photo_to_model(gallery.photos[start:start + 128]).to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                out.append(model.encode(images, "photo").tokens.float().cpu())
-    return torch.cat(out)

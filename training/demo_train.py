@@ -157,14 +157,6 @@ def build_demo_model(recipe: DemoRecipe) -> nn.Module:
     return models.build_model(dataclasses.replace(ZSE_PRESETS[recipe.model], dropout=recipe.dropout))
 
 
-def relation_logits(model: Any, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor) -> torch.Tensor:
-    """The relation network before its sigmoid, for P aligned pairs of tokens [P, T, D]: [P].
-
-    ``model.relation`` is sigmoid of this; the loss works on logits for numerical range.
-    """
-    return relation_logits_and_kernel(model, sketch_tokens, photo_tokens)[0]
-
-
 def relation_logits_and_kernel(model: Any, sketch_tokens: torch.Tensor,
                                photo_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [P], cosine kernel [P, A, A]) of P pairs of tokens [P, T, D]."""
@@ -193,36 +185,38 @@ def _autocast(device: torch.device, enabled: bool) -> Any:
 # Batches
 
 
-def encode_photos(model: Any, photos: torch.Tensor, device: torch.device, bf16: bool,
-                  batch: int = 128) -> torch.Tensor:
-    """[Ret] of uint8 photos [P, 3, H, W] without augmentation: [P, D] float32, L2-normalised."""
-    out = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(photos), batch):
-            images = photo_to_model(photos[start:start + batch]).to(device)
-            with _autocast(device, bf16):
-                out.append(model.encode(images, "photo").ret.float().cpu())
-    model.train(was_training)
-    return F.normalize(torch.cat(out), dim=-1) if out else torch.zeros(0, model.embed_dim)
-
-
-def encode_sketches(model: Any, sketches: torch.Tensor, device: torch.device, bf16: bool,
-                    batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """[Ret] [S, D] and tokens [S, T, D] of uint8 grey sketches [S, H, W], without augmentation."""
+def encode_images(model: Any, images: torch.Tensor, modality: str, device: torch.device, bf16: bool, *,
+                  keep_tokens: bool = False, batch: int = 128) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[Ret] [N, D] (float32, L2-normalised) and, with ``keep_tokens``, tokens [N, T, D] of uint8 images
+    without augmentation: photos [N, 3, H, W] RGB or sketches [N, H, W] grey."""
+    to_model = photo_to_model if modality == "photo" else (lambda grey: ink_to_model(to_ink(grey)))
     rets, tokens = [], []
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(sketches), batch):
-            images = ink_to_model(to_ink(sketches[start:start + batch])).to(device)
+        for start in range(0, len(images), batch):
             with _autocast(device, bf16):
-                encoded = model.encode(images, "sketch")
+                encoded = model.encode(to_model(images[start:start + batch]).to(device), modality)
             rets.append(encoded.ret.float().cpu())
-            tokens.append(encoded.tokens.float().cpu())
+            if keep_tokens:
+                tokens.append(encoded.tokens.float().cpu())
     model.train(was_training)
-    return F.normalize(torch.cat(rets), dim=-1), torch.cat(tokens)
+    if not rets:
+        return torch.zeros(0, model.embed_dim), None
+    return F.normalize(torch.cat(rets), dim=-1), torch.cat(tokens) if keep_tokens else None
+
+
+def encode_photos(model: Any, photos: torch.Tensor, device: torch.device, bf16: bool) -> torch.Tensor:
+    """[Ret] of uint8 photos [P, 3, H, W] without augmentation: [P, D]."""
+    return encode_images(model, photos, "photo", device, bf16)[0]
+
+
+def encode_sketches(model: Any, sketches: torch.Tensor, device: torch.device,
+                    bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """[Ret] [S, D] and tokens [S, T, D] of uint8 grey sketches [S, H, W], without augmentation."""
+    ret, tokens = encode_images(model, sketches, "sketch", device, bf16, keep_tokens=True)
+    assert tokens is not None
+    return ret, tokens
 
 
 def nearest_instances(model: Any, bank: PairBank, instances: torch.Tensor, count: int,
