@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
 
 def _load(path: str) -> Any:
     from models import CheckpointError, load_checkpoint
-    from service.cli import CliError
+    from models.cli_error import CliError
 
     try:
         return load_checkpoint(path)

@@ -60,3 +60,4 @@ class ConfigDict:
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as asked: the message names the file and keys at fault."""
+

@@ -12,6 +12,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+# Defined in the lowest layer (models.cli_error, no torch import) so that every area's handlers raise it
+# without importing the service; re-exported here, where main() catches it.
+from models.cli_error import CliError
+
 # Modules that contribute subcommands, in the order they appear in `sbir --help`.
 COMMAND_MODULES: tuple[str, ...] = (
     "models.cli",
@@ -54,11 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as error:
         print(f"sbir {args.command}: error: {error}", file=sys.stderr)
         return 2
-
-
-class CliError(Exception):
-    """An error meant for the person at the terminal: printed as one line, exit status 2."""
-
 
 if __name__ == "__main__":
     # Re-import so that CliError raised by handlers (imported as service.cli) is the class caught here.
