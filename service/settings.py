@@ -18,7 +18,7 @@ MIB = 1024 * 1024
 
 
 class Settings(BaseSettings):
-    """Everything the server needs to know; see the README, section "The search service", for the environment variables."""
+    """Everything the server needs to know; see docs/service.md, for the environment variables."""
 
     model_config = SettingsConfigDict(env_prefix="SBIR_", extra="forbid", env_file=None)
 

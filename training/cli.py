@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
     )
     evaluate.add_argument("--checkpoint", required=True, metavar="CKPT")
     evaluate.add_argument("--dataset", required=True, choices=EVALUATE_DATASETS)
-    evaluate.add_argument("--root", required=True, metavar="DIR", help="data root (see the README, section Datasets)")
+    evaluate.add_argument("--root", required=True, metavar="DIR", help="data root (see docs/training.md, section Datasets)")
     evaluate.add_argument(
         "--unseen",
         metavar="FILE",

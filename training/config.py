@@ -66,7 +66,7 @@ class DataSection(_Section):
     dataset: a reference split (``sketchy25``, ``sketchy21``, ``tuberlin``, ``quickdraw``), QMUL
         (``qmul-chair``: train on Shoe-V2, validate on Chair-V2; ``qmul-shoe``: Shoe-V2 both), a
         folder of your own (``generic``) or the demo set (``openmoji-demo``).
-    root: the data root (see the README, section Datasets).
+    root: the data root (see docs/training.md, section Datasets).
     unseen: generic / openmoji-demo only: the unseen classes, a list or a file with one name a line
         (openmoji-demo default: ``ROOT/split.json``; generic default: drawn with ``unseen_fraction``
         and ``split_seed``).

@@ -5,7 +5,7 @@ the unseen ones. Instance: a sketch's own colour version is the one relevant pho
 category: the photos of its subgroup (mAP@all and Prec@100 in the reference style,
 :mod:`training.metrics`). For [Ret] alone and two-stage (relation network over the [Ret] top K).
 
-The reported figures of the README come from ``sbir evaluate --gallery all``, which runs the
+The reported figures of docs/demo.md come from ``sbir evaluate --gallery all``, which runs the
 evaluation path of :mod:`training.evaluate`; this one exists to watch a run cheaply.
 """
 
