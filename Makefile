@@ -25,6 +25,7 @@ install: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Known vulnerabilities in the installed packages, from PyPI's per-project advisories (which cover
 # each project's latest release only; older versions are listed as unchecked warnings). Needs

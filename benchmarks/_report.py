@@ -54,7 +54,7 @@ def percentiles_ms(seconds: Sequence[float]) -> dict[str, float | int | None]:
 
 def finish(report: dict[str, Any], out: Path) -> dict[str, Any]:
     """Add the machine (with the load at the end) and write `report` to `out` atomically."""
-    from indexer.atomic import write_json_atomic
+    from models.atomic import write_json_atomic
 
     report["load_average_at_end"] = load_average()
     report["machine"] = machine_details()

@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from indexer.atomic import write_json_atomic
+    from models.atomic import write_json_atomic
 
     args = parse_args(argv)
     report = run(args)

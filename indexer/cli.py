@@ -117,7 +117,7 @@ def _summary(directory: Path) -> None:
 def _run(action: Any) -> Any:
     """Run an indexer call, turning its user errors into the CLI's one-line errors."""
     from indexer.errors import IndexerError
-    from models.cli_error import CliError
+    from models.errors import CliError
 
     try:
         return action()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from indexer.atomic import save_npz_atomic
 from indexer.gallery import GalleryItem
 from indexer.token_store import encode_tokens
+from models.atomic import save_npz_atomic
+from models.device import autocast
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 
@@ -51,24 +51,6 @@ class EmbedSettings:
             "shard_size": self.shard_size,
             "autocast": str(self.autocast).removeprefix("torch.") if self.autocast is not None else None,
         }
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; `cuda` without CUDA is a ValueError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    if resolved.type not in {"cpu", "cuda"}:
-        raise ValueError(f"unsupported device {device!r}; use auto, cpu or cuda")
-    return resolved
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """float16 autocast on CUDA (the tokens are stored in float16 anyway, so float16 compute loses
-    nothing the store would keep); full float32 on CPU, where autocast brings no speed."""
-    return torch.float16 if device.type == "cuda" else None
 
 
 def default_workers() -> int:
@@ -132,9 +114,7 @@ def encode_batch(model: Any, images: torch.Tensor, settings: EmbedSettings) -> d
     """`[b, 3, 224, 224]` -> `vectors` float32 `[b, D]` (L2-normalised in float32), and when the
     model has tokens `tokens` float32 `[b, T, Dt]` and, with token selection, `kept` int `[b, n]`."""
     images = images.to(settings.device, non_blocking=True)
-    autocast = (torch.autocast(device_type=settings.device.type, dtype=settings.autocast)
-                if settings.autocast is not None else nullcontext())
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(settings.device, settings.autocast):
         encoded = model.encode(images)
     # Re-normalise in float32: half-precision outputs are only normalised to ~1e-3.
     vectors = torch.nn.functional.normalize(encoded.ret.float(), dim=-1)

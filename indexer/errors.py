@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from models.errors import SbirError
 
-class IndexerError(Exception):
+
+class IndexerError(SbirError):
     """A problem with the indexer's input or an index directory, meant to be shown as one line."""
 
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from indexer.atomic import write_json_atomic
 from indexer.errors import IndexerError
 from indexer.publish import MANIFEST_FILE
+from models.atomic import write_json_atomic
 
 # Bump when a reader of the previous version would misread the directory.
 FORMAT_VERSION = 1

@@ -19,13 +19,10 @@ from typing import Any
 import numpy as np
 
 from indexer import faiss_index
-from indexer.atomic import write_json_atomic
 from indexer.embedding import (
     EmbedSettings,
-    autocast_dtype,
     default_workers,
     embed_shards,
-    resolve_device,
 )
 from indexer.errors import FactoryError, IndexerError, IndexMismatchError
 from indexer.gallery import Gallery, GalleryItem, fingerprint, read_gallery
@@ -33,6 +30,8 @@ from indexer.manifest import FORMAT_VERSION, INDEX_FILE, SKIPPED_FILE, now, read
 from indexer.publish import check_target, make_staging, publish, recover, writer_lock
 from indexer.records import IDS_FILE, OFFSETS_FILE, RECORDS_FILE, ImageRecord, iter_records, write_records
 from indexer.token_store import TOKEN_FORMATS, empty_layout, link_segments, write_segment
+from models.atomic import write_json_atomic
+from models.device import inference_dtype, resolve_device
 
 # Photos per shard: the unit of resumption, and at most ~150 MB of fp16 ViT-B/16 tokens in memory.
 DEFAULT_SHARD_SIZE = 512
@@ -202,11 +201,8 @@ def _settings(tokens: str, batch_size: int, device: str, num_workers: int | None
     workers = default_workers() if num_workers is None else num_workers
     if workers < 0:
         raise IndexerError(f"workers must be 0 or more, not {workers}")
-    try:
-        resolved = resolve_device(device)
-    except (RuntimeError, ValueError) as error:
-        raise IndexerError(str(error)) from None
-    return EmbedSettings(tokens, batch_size, resolved, workers, shard_size, autocast_dtype(resolved))
+    resolved = resolve_device(device)
+    return EmbedSettings(tokens, batch_size, resolved, workers, shard_size, inference_dtype(resolved))
 
 
 def _with_token_format(settings: EmbedSettings, loaded: LoadedModel) -> EmbedSettings:

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from indexer.atomic import fsync_directory
 from indexer.errors import IndexerError
+from models.atomic import fsync_directory
 
 MANIFEST_FILE = "manifest.json"
 _AT_FDCWD = -100

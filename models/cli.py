@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
 
 def _load(path: str) -> Any:
     from models import CheckpointError, load_checkpoint
-    from models.cli_error import CliError
+    from models.errors import CliError
 
     try:
         return load_checkpoint(path)

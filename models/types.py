@@ -7,6 +7,8 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from models.errors import SbirError
+
 
 @dataclass
 class Encoded:
@@ -58,6 +60,6 @@ class ConfigDict:
         return cls(**values)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SbirError, ValueError):
     """A checkpoint that cannot be loaded as asked: the message names the file and keys at fault."""
 

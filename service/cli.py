@@ -12,9 +12,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Defined in the lowest layer (models.cli_error, no torch import) so that every area's handlers raise it
-# without importing the service; re-exported here, where main() catches it.
-from models.cli_error import CliError
+# Every area's domain errors derive from SbirError (models.errors, no torch import); main() is the one
+# place where they become a one-line message and exit status 2.
+from models.errors import SbirError
 
 # Modules that contribute subcommands, in the order they appear in `sbir --help`.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -55,12 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(handler(args) or 0)
-    except CliError as error:
+    except SbirError as error:
         print(f"sbir {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 if __name__ == "__main__":
-    # Re-import so that CliError raised by handlers (imported as service.cli) is the class caught here.
-    from service.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from service.cli import CliError
+    from models.errors import CliError
     from service.errors import ApiError
 
     fmt = args.format or ("png" if args.out.suffix.lower() == ".png" else "json")
@@ -61,8 +61,8 @@ def _compute(args: argparse.Namespace, fmt: str) -> bytes:
     import indexer
     import models
     from models import preprocess
+    from models.errors import CliError
     from service import explain, search
-    from service.cli import CliError
     from service.engine import resolve_device
 
     if not args.sketch.is_file():

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.cli import CliError
+    from models.errors import CliError
     from service.settings import load_settings
 
     try:

@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from models.cli_error import CliError
+    from models.errors import CliError
     from training.config import ConfigError, load_config
     from training.datasets import DatasetError
 
@@ -107,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from models.cli_error import CliError
+    from models.errors import CliError
 
     if args.shortlist < 1:
         raise CliError(f"--shortlist must be at least 1, got {args.shortlist}")

@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from models.errors import SbirError
+
 DatasetName = Literal[
     "sketchy25", "sketchy21", "tuberlin", "quickdraw", "qmul-chair", "qmul-shoe", "generic", "openmoji-demo"
 ]
@@ -35,7 +37,7 @@ AMFF_WEIGHT_DECAY = 5e-4
 ZSE_EPOCH_SIZE = 10_000  # the reference's `datasetLen`: triplets drawn per epoch
 
 
-class ConfigError(ValueError):
+class ConfigError(SbirError, ValueError):
     """A configuration that cannot be used; the message names the file and the key at fault."""
 
 

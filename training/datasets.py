@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from models.errors import SbirError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
@@ -35,7 +37,7 @@ Part = Literal["zero", "train"]
 _EXAMPLES = 5
 
 
-class DatasetError(ValueError):
+class DatasetError(SbirError, ValueError):
     """A dataset on disk does not match the expected layout (missing files, malformed lists...)."""
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indexer.atomic import write_atomic
+from models.atomic import write_atomic
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from models.cli_error import CliError
+    from models.errors import CliError
     from training.demo_data import DemoDataError, DemoSettings, prepare
 
     try:
@@ -88,7 +88,7 @@ def _index(args: argparse.Namespace) -> int:
 
     import indexer
     from models import checkpoint_hash
-    from models.cli_error import CliError
+    from models.errors import CliError
 
     checkpoint, out = Path(args.checkpoint), Path(args.out)
     gallery = Path(args.data) / "manifest.csv"
@@ -112,7 +112,7 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from models.cli_error import CliError
+    from models.errors import CliError
     from training.demo_eval import evaluate_bank
     from training.demo_styles import evaluation_banks, training_bank
     from training.demo_train import DemoRecipe, RecipeError, run

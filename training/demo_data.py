@@ -60,6 +60,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from indexer.publish import process_alive
+from models.errors import SbirError
 
 OPENMOJI_VERSION = "17.0.0"
 # `npm view openmoji@17.0.0 dist.integrity`. A published npm version is immutable, so pinning its hash
@@ -90,7 +91,7 @@ _UNSAFE_NAME = re.compile(r"[^0-9A-Za-z._-]")
 Modality = Literal["sketch", "photo"]
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(SbirError, RuntimeError):
     """The demo dataset cannot be prepared: npm missing or failing, a bad tarball, a malformed package."""
 
 

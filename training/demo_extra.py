@@ -300,7 +300,7 @@ def prepare_styles(demo: str | os.PathLike[str], cache: str | os.PathLike[str], 
         verb = "built" if stamp["action"] == "built" else "verified"
         lines.append(f"style {name} ({STYLES[name].role}) {verb}: {counts['sketches']} sketches, "
                      f"{counts['photos']} photos{extra}")
-    from indexer.atomic import write_bytes_atomic
+    from models.atomic import write_bytes_atomic
 
     path = Path(demo) / "ATTRIBUTION.md"
     base = path.read_text(encoding="utf-8").split(STYLES_HEADING)[0].rstrip("\n")

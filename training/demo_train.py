@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from indexer.atomic import write_atomic, write_json_atomic
+from models.atomic import write_atomic, write_json_atomic
+from models.device import autocast
+from models.errors import SbirError
 from training.contrastive import (
     alignment_loss,
     contrastive_ret_loss,
@@ -53,7 +55,7 @@ MODEL = "model.pt"
 METRICS = "metrics.jsonl"
 
 
-class RecipeError(ValueError):
+class RecipeError(SbirError, ValueError):
     """A recipe file or field that cannot be used (the message names the field)."""
 
 
@@ -178,7 +180,7 @@ def bf16_supported() -> bool:
 
 
 def _autocast(device: torch.device, enabled: bool) -> Any:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    return autocast(device, torch.bfloat16 if enabled else None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,15 +19,11 @@ no [Q, G] matrix is ever held (QuickDraw's is 92,291 x 54,151).
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -35,6 +31,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from models.atomic import finite_or_none, write_json_atomic
+from models.device import autocast, inference_dtype, resolve_device
+from models.errors import SbirError
 from training.data import (
     ImageDataset,
     Modality,
@@ -63,33 +62,12 @@ _INPROCESS_IMAGES = 256
 _PHOTO_SHARE = 0.1
 
 
-class EvaluationError(ValueError):
+class EvaluationError(SbirError, ValueError):
     """Arguments that cannot be evaluated (e.g. relation retrieval with a model that has no relation net)."""
 
 
 # ----------------------------------------------------------------------------------------------
 # Devices and encoding
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError(f"device {device!r}: CUDA is not available here")
-    return resolved
-
-
-def autocast_for(
-    device: torch.device, enabled: bool, dtype: torch.dtype = torch.float16
-) -> AbstractContextManager[Any]:
-    """Mixed precision on CUDA only (the reference evaluates in half precision); a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    return nullcontext()
 
 
 def encode(model: nn.Module, images: torch.Tensor, modality: Modality) -> Any:
@@ -151,7 +129,7 @@ def iter_encoded(
     loader = _loader(ImageDataset(samples, modality, image_size), batch_size, num_workers, device)
     with torch.no_grad():
         for images, positions in loader:
-            with autocast_for(device, amp):
+            with autocast(device, inference_dtype(device, amp)):
                 encoded = encode(model, images.to(device, non_blocking=True), modality)
             tokens = encoded.tokens.to(token_dtype) if keep_tokens and encoded.tokens is not None else None
             yield (
@@ -246,7 +224,7 @@ def relation_scores(
     with torch.no_grad():
         scorer = None
         if supports_fast_relation(model):
-            with autocast_for(device, amp):
+            with autocast(device, inference_dtype(device, amp)):
                 scorer = RelationScorer(model, sketch_tokens, sketch_kept)
         for start in range(0, total, chunk_size):
             if photo_positions is None:
@@ -257,7 +235,7 @@ def relation_scores(
                 index = photo_positions[start : start + chunk_size].to(device)
                 tokens = photo_tokens.index_select(0, index)
                 kept = None if photo_kept is None else photo_kept.index_select(0, index)
-            with autocast_for(device, amp):
+            with autocast(device, inference_dtype(device, amp)):
                 if scorer is not None:
                     chunk_scores = scorer.score(tokens, kept)
                 else:
@@ -624,7 +602,7 @@ def evaluate(
         report["metrics_instance"] = result["metrics_instance"]
     report = finite_or_none(report)
     if out is not None:
-        write_json_atomic(out, report)
+        write_json_atomic(out, report, sort_keys=False)
     return report
 
 
@@ -632,23 +610,3 @@ def scorer_shortlist(retrieval: str, shortlist: int, gallery: int) -> int | None
     """The shortlist size actually used (None outside two-stage)."""
     return min(shortlist, gallery) if retrieval == "two-stage" else None
 
-
-def finite_or_none(value: Any) -> Any:
-    """NaN / inf -> None, recursively: strict JSON has no NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [finite_or_none(item) for item in value]
-    return value
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON (NaN as null) atomically, through the indexer's temp-and-rename."""
-    from indexer.atomic import write_bytes_atomic
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(finite_or_none(data), indent=2, allow_nan=False) + "\n"
-    return write_bytes_atomic(path, text.encode("utf-8"))

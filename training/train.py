@@ -47,6 +47,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from models.atomic import finite_or_none, write_json_atomic
+from models.device import autocast, resolve_device
+from models.errors import SbirError
 from training.config import (
     ConfigError,
     TrainConfig,
@@ -62,13 +65,7 @@ from training.data import (
     load_split,
 )
 from training.datasets import SplitData
-from training.evaluate import (
-    FINE_GRAINED_DATASETS,
-    evaluate_model,
-    finite_or_none,
-    resolve_device,
-    write_json_atomic,
-)
+from training.evaluate import FINE_GRAINED_DATASETS, evaluate_model
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +95,7 @@ _RESUMABLE_CHANGES = frozenset(
 _DISTRIBUTED_TIMEOUT = timedelta(hours=3)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SbirError, RuntimeError):
     """A run that cannot start or continue (nothing to resume, an incompatible checkpoint...)."""
 
 
@@ -504,7 +501,7 @@ def train_step(
     """One optimisation step. A non-finite loss on any rank skips the update on every rank."""
     amp = config.amp and runtime.device.type == "cuda"
     dtype = torch.float16 if config.amp_dtype == "float16" else torch.bfloat16
-    with torch.autocast(device_type=runtime.device.type, dtype=dtype, enabled=amp):
+    with autocast(runtime.device, dtype if amp else None):
         loss, parts = objective(*inputs)
     loss_value = float(loss.detach())
     (non_finite,) = _any_rank(runtime, not math.isfinite(loss_value))
@@ -844,7 +841,7 @@ def _run(
     start_step = state.step
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "config.json", {**config.to_dict(), "resolved": _resolved(config, data)})
+        write_json_atomic(run_dir / "config.json", {**config.to_dict(), "resolved": _resolved(config, data)}, sort_keys=False)
     log = MetricsLog(run_dir, runtime.is_main, config.tensorboard)
     log.write(
         {
@@ -974,7 +971,7 @@ def _run(
     log.write({"event": "end", "step": state.step, "status": status, "message": message})
     log.close()
     if runtime.is_main:
-        write_json_atomic(run_dir / "report.json", report)
+        write_json_atomic(run_dir / "report.json", report, sort_keys=False)
     return report
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import CliError
+from models.errors import CliError
 from service.explain_cli import register
 from tests.service.conftest import Workspace, client, served, sketch_png, workspace  # noqa: F401  (fixtures)
 

@@ -488,7 +488,7 @@ def test_cli_prepare_prints_what_it_did(
 
 @pytest.mark.parametrize("arguments", [["--unseen-fraction", "1.5"], ["--size", "4"], ["--workers", "0"]])
 def test_cli_rejects_bad_arguments_in_one_line(arguments: list[str], tmp_path: Path) -> None:
-    from service.cli import CliError
+    from models.errors import CliError
 
     args = _parser().parse_args(["demo", "prepare", "--out", str(tmp_path / "demo"), *arguments])
     with pytest.raises(CliError):
@@ -496,7 +496,7 @@ def test_cli_rejects_bad_arguments_in_one_line(arguments: list[str], tmp_path: P
 
 
 def test_cli_reports_a_missing_npm_as_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.cli import CliError
+    from models.errors import CliError
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no npm on PATH
     args = _parser().parse_args(["demo", "prepare", "--out", str(tmp_path / "demo"),

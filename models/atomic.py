@@ -1,12 +1,13 @@
-"""Atomic file writes: write `name.tmp-<pid>`, flush to disk, then `os.replace` onto the final name.
-
-A reader (or a resumed build) therefore sees either the whole old file, the whole new file, or
+"""The project's one atomic writer: write `name.tmp-<pid>`, flush to disk, then `os.replace` onto the
+final name. Indexes, manifests, checkpoints, job records, reports and benchmark results all go
+through it, so a reader (or a resumed build) sees either the whole old file, the whole new file, or
 no file, never a half-written one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,10 +36,24 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     return write_atomic(path, lambda handle: handle.write(data))
 
 
-def write_json_atomic(path: str | os.PathLike[str], value: Any) -> Path:
-    """JSON with sorted keys and a trailing newline (stable bytes for equal values)."""
-    text = json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
-    return write_bytes_atomic(path, text.encode())
+def finite_or_none(value: Any) -> Any:
+    """NaN / inf -> None, recursively: strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
+def write_json_atomic(path: str | os.PathLike[str], value: Any, *, sort_keys: bool = True) -> Path:
+    """Strict JSON (NaN / inf as null), indented, with a trailing newline; sorted keys by default
+    (stable bytes for equal values), or in the order given (reports read top-down). The parent
+    folder is created."""
+    text = json.dumps(finite_or_none(value), indent=2, sort_keys=sort_keys, default=str, allow_nan=False)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(path, (text + "\n").encode())
 
 
 def save_npz_atomic(path: str | os.PathLike[str], **arrays: np.ndarray) -> Path:

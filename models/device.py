@@ -1,0 +1,54 @@
+"""The one device choice and the one mixed-precision policy of the project.
+
+Every area (indexer, evaluation, training, the service, the benchmarks) resolves ``--device`` /
+``SBIR_DEVICE`` here and wraps its forward passes in :func:`autocast`, so that a GPU path is the same
+code as the CPU path it is tested through.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+
+from models.errors import SbirError
+
+
+class DeviceError(SbirError, ValueError):
+    """A device that cannot be used here (the message names the choice)."""
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(choice: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` (or ``cuda:N``) without one,
+    or a device type other than cpu / cuda, is a :class:`DeviceError`."""
+    if isinstance(choice, torch.device):
+        return choice
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(choice)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device {choice!r}: unknown; use auto, cpu or cuda") from None
+    if resolved.type not in {"cpu", "cuda"}:
+        raise DeviceError(f"device {choice!r}: unsupported; use auto, cpu or cuda")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {choice!r}: torch sees no CUDA device here")
+    return resolved
+
+
+def inference_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype of inference: float16 on CUDA (the token store keeps float16 anyway, so the
+    compute loses nothing it would keep); None (float32) on the CPU, where bfloat16 changes the scores
+    (benchmarks/RESULTS.md) and float16 brings no speed."""
+    return torch.float16 if enabled and device.type == "cuda" else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on ``device``; a no-op when ``dtype`` is None."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
