@@ -24,7 +24,8 @@ from models.config import ZSE_PRESETS
 from training.config import ConfigError
 from training.data import BalancedBatchDataset, StreamSampler, TripletDataset, load_split
 from training.datasets import DatasetError
-from training.train import AMFFObjective, TrainingError, ZSEObjective, train
+from training.objectives import AMFFObjective, ZSEObjective
+from training.train import TrainingError, train
 
 IMAGE_SIZE = 64
 SHAPES = ("circle", "square", "triangle", "cross", "hbar", "vbar")
@@ -441,7 +442,7 @@ def test_stream_sampler_splits_ranks_and_resumes_at_a_position():
 def test_sketch_augmentation_is_applied_reproducibly_without_touching_global_rngs(generic_root):
     import random
 
-    from training.train import resolve_augment
+    from training.loaders import resolve_augment
 
     split = load_split("generic", generic_root, "train", unseen=["hbar", "vbar"])
     plain = TripletDataset(split, 4, seed=3, image_size=IMAGE_SIZE)[0]["sketch"]
