@@ -106,8 +106,9 @@ class ZSERecipe:
 
     def objective(self, config: TrainConfig, model: nn.Module) -> nn.Module:
         zse = config.zse_settings
-        return ZSEObjective(model, zse.triplet_margin, zse.triplet_weight, zse.relation_weight, zse.ret_weight,
-                            zse.ret_margin)
+        return ZSEObjective(
+            model, zse.triplet_margin, zse.triplet_weight, zse.relation_weight, zse.ret_weight, zse.ret_margin
+        )
 
     def items(
         self,
@@ -149,8 +150,11 @@ class AMFFRecipe:
         import models
 
         # The seen classes of the new data decide the classifier and proxies; the rest is kept.
-        model = models.build_model(dataclasses.replace(initial_config, num_classes=num_classes), pretrained=False)
-        state = {k: v for k, v in initial.state_dict().items() if not k.startswith(("classifier.", "proxies"))}
+        resized = dataclasses.replace(initial_config, num_classes=num_classes)
+        model = models.build_model(resized, pretrained=False)
+        state = {
+            k: v for k, v in initial.state_dict().items() if not k.startswith(("classifier.", "proxies"))
+        }
         model.load_state_dict(state, strict=False)
         return model
 
