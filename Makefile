@@ -42,7 +42,8 @@ DEMO_INDEX := data/indexes/openmoji-demo
 
 run: install
 	$(VENV)/bin/sbir demo prepare --out data/demo
-	$(VENV)/bin/sbir demo index --data data/demo --checkpoint $(DEMO_WEIGHTS) --out $(DEMO_INDEX)
+	$(VENV)/bin/sbir index build --gallery data/demo/manifest.csv --checkpoint $(DEMO_WEIGHTS) --out $(DEMO_INDEX) \
+	  --name openmoji-demo --skip-current
 	@echo "Open http://127.0.0.1:8000 in a browser (Ctrl-C stops the server)."
 	SBIR_DATA_ROOTS='["data"]' $(VENV)/bin/sbir serve --index $(DEMO_INDEX) --checkpoint $(DEMO_WEIGHTS) \
 	  --host 127.0.0.1 --port 8000

@@ -56,8 +56,8 @@ def precomputed_scorer(model: Any, photos: Any, retrieval: str, relation: torch.
     from training.evaluate import Scorer
 
     class PrecomputedScorer(Scorer):
-        def _relation_row(self, sketches: Any, row: int, positions: torch.Tensor | None) -> torch.Tensor:
-            scores = relation[row] if positions is None else relation[row, positions]
+        def _relation_row(self, sketches: Any, row: int, ids: np.ndarray) -> torch.Tensor:
+            scores = relation[row, torch.from_numpy(np.asarray(ids, dtype=np.int64))]
             self.pairs.evaluated += len(scores)
             return scores
 
@@ -143,13 +143,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     import models
     from training.data import load_split
-    from training.evaluate import resolve_device
 
     args = parse_args(argv)
     report = header("quality_cost", argv)
     report["torch_threads"] = set_threads(args.threads)
-    device = resolve_device(args.device)
-    model = models.load_checkpoint(args.checkpoint).to(device).eval()
+    loaded = models.load(args.checkpoint, args.device)
+    device, model = loaded.device, loaded.model
     split = load_split(args.dataset, args.root, "zero", quick=args.quick)
     shortlists = [int(value) for value in args.shortlists.split(",")]
     original = model.config
@@ -158,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = [(original.keep_rate_sketch, original.keep_rate_photo)]
     else:
         settings = [tuple(float(rate) for rate in pair.split("/")) for pair in args.keep_rates.split(",")]
-    report.update(checkpoint=str(args.checkpoint), checkpoint_sha256=models.checkpoint_hash(args.checkpoint),
+    report.update(checkpoint=str(args.checkpoint), checkpoint_sha256=loaded.sha256,
                   model=original.name, dataset=args.dataset, root=str(args.root), quick=args.quick,
                   device=str(device), precision="float32", settings=[])
     for sketch_rate, photo_rate in settings:

@@ -210,7 +210,7 @@ def run(args: argparse.Namespace, report: dict[str, Any], root: Path) -> None:
     if args.index is not None:
         import indexer
 
-        galleries.append(("index", lambda: indexer.open(args.index, checkpoint_hash=engine.model.checkpoint_hash)))
+        galleries.append(("index", lambda: indexer.open(args.index, checkpoint_hash=engine.model.sha256)))
     else:
         pool, pool_kept = token_pool(model, args.pool)
         for size in (int(value) for value in args.sizes.split(",")):

@@ -31,6 +31,9 @@ def register(subparsers: Any) -> None:
     build.add_argument("--patch-index", action="store_true",
                        help="also index every patch token and its pixels, for gallery-wide sketch-to-photo "
                             "synthesis (GET /explain ...?kind=synthesis&source=gallery); needs --tokens fp16|int8")
+    build.add_argument("--skip-current", action="store_true",
+                       help="leave --out as it is when it already indexes exactly this gallery (same files, "
+                            "sizes and mtimes) with this checkpoint")
     build.add_argument("--patch-index-type", metavar="FACTORY", default=None,
                        help="FAISS factory of the patch index (default by patch count: Flat, else IVF,PQ)")
     _embedding_arguments(build)
@@ -65,6 +68,9 @@ def _embedding_arguments(parser: argparse.ArgumentParser) -> None:
 def _build(args: argparse.Namespace) -> int:
     from indexer import pipeline
 
+    if args.skip_current and _run(lambda: pipeline.is_current(args.out, args.gallery, args.checkpoint, root=args.root)):
+        print(f"{args.out}: up to date (this gallery, this checkpoint); not rebuilt")
+        return 0
     out = _run(lambda: pipeline.build(
         args.gallery, args.checkpoint, args.out, index_type=args.index_type, tokens=args.tokens,
         batch_size=args.batch_size, device=args.device, num_workers=args.workers,

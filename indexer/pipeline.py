@@ -32,27 +32,12 @@ from indexer.records import IDS_FILE, OFFSETS_FILE, RECORDS_FILE, ImageRecord, i
 from indexer.token_store import TOKEN_FORMATS, empty_layout, link_segments, write_segment
 from models.atomic import write_json_atomic
 from models.device import inference_dtype, resolve_device
+from models.interface import LoadedModel
 
 # Photos per shard: the unit of resumption, and at most ~150 MB of fp16 ViT-B/16 tokens in memory.
 DEFAULT_SHARD_SIZE = 512
 # Bump when the shard contents change meaning, so older work directories are not reused.
 WORK_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A checkpoint ready to embed with, and what the manifest records about it."""
-
-    model: Any
-    path: Path
-    sha256: str
-    name: str
-    family: str
-    embed_dim: int
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "family": self.family, "embed_dim": self.embed_dim,
-                "checkpoint_sha256": self.sha256, "checkpoint_path": str(self.path)}
 
 
 def build(
@@ -154,19 +139,17 @@ def add(
 
 
 def load_model(checkpoint: str | os.PathLike[str], device: Any) -> LoadedModel:
-    """Load a checkpoint onto `device` in eval mode; `IndexerError` (one line) if it cannot be loaded."""
+    """``models.load`` onto ``device``; a checkpoint that cannot be loaded is an ``IndexerError``
+    (the first line of the reason), so that the build's errors are of one kind."""
     import models
 
     path = Path(checkpoint).expanduser().absolute()
     if not path.is_file():
         raise IndexerError(f"checkpoint not found: {path}")
     try:
-        model = models.load_checkpoint(path, map_location="cpu")
+        return models.load(path, device)
     except models.CheckpointError as error:
         raise IndexerError(str(error).splitlines()[0]) from None
-    model = model.to(device).eval()
-    return LoadedModel(model, path, models.checkpoint_hash(path), model.config.name, model.family,
-                       int(model.embed_dim))
 
 
 def _patch_factory(wanted: bool, factory: str | None, loaded: LoadedModel, settings: EmbedSettings,
@@ -302,8 +285,25 @@ def _records(items: Sequence[GalleryItem], ids: np.ndarray, kept_ids: np.ndarray
 
 
 def _gallery_entry(listing: Gallery, ids: np.ndarray, skipped: int) -> dict[str, Any]:
-    return {**listing.describe(), "first_id": int(ids[0]), "last_id": int(ids[-1]), "skipped": skipped,
-            "added_at": now()}
+    return {**listing.describe(), "fingerprint": fingerprint(listing), "first_id": int(ids[0]),
+            "last_id": int(ids[-1]), "skipped": skipped, "added_at": now()}
+
+
+def is_current(out: str | os.PathLike[str], gallery: str | os.PathLike[str], checkpoint: str | os.PathLike[str],
+               *, root: str | os.PathLike[str] | None = None) -> bool:
+    """Whether ``out`` is a published index of exactly this gallery (the same listing, sizes and
+    mtimes: ``gallery.fingerprint``) embedded with exactly this checkpoint (sha256), so that
+    ``sbir index build --skip-current`` may leave it as it is."""
+    import models
+
+    directory = Path(out).expanduser().absolute()
+    if not (directory / "manifest.json").is_file():
+        return False
+    manifest = read_manifest(directory)
+    entries = manifest.get("galleries", [])
+    listing = read_gallery(gallery, root)
+    return (len(entries) == 1 and entries[0].get("fingerprint") == fingerprint(listing)
+            and manifest["model"]["checkpoint_sha256"] == models.checkpoint_hash(checkpoint))
 
 
 def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids: np.ndarray, loaded: LoadedModel,

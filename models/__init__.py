@@ -11,6 +11,9 @@ from typing import Any
 _EXPORTS = {
     "build_model": "models.registry",
     "preset_names": "models.registry",
+    "load": "models.interface",
+    "LoadedModel": "models.interface",
+    "RetrievalModel": "models.interface",
     "load_checkpoint": "models.checkpoint",
     "save_checkpoint": "models.checkpoint",
     "checkpoint_hash": "models.checkpoint",

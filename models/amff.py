@@ -141,6 +141,7 @@ class AMFFModel(nn.Module):
     """AMFF embedding network; `encode(images [B, 3, S, S]) -> Encoded(ret [B, E], tokens=None)`."""
 
     family = "amff"
+    has_relation = False  # one embedding per image: nothing to re-rank a pair with
 
     def __init__(self, config: AMFFConfig) -> None:
         super().__init__()
@@ -181,8 +182,11 @@ class AMFFModel(nn.Module):
             # Only their direction matters (L_norm normalises them), so unit-variance init is fine.
             self.proxies = nn.Parameter(torch.randn(config.num_classes, config.embed_dim))
 
-    def encode(self, images: torch.Tensor) -> Encoded:
-        """images [B, 3, S, S] -> Encoded(ret [B, E] L2-normalised, tokens=None)."""
+    def encode(self, images: torch.Tensor, modality: str = "photo") -> Encoded:
+        """images [B, 3, S, S] -> Encoded(ret [B, E] L2-normalised, tokens=None).
+
+        ``modality`` is accepted for the common interface (models.interface); sketches and photos go
+        through the same network."""
         features = self.trunk(images)  # list of [B, C_s, H_s, W_s], deepest last
         last = features[-1]
         out_size = (last.shape[-2], last.shape[-1])
@@ -195,6 +199,10 @@ class AMFFModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Encoded:
         return self.encode(images)
+
+    def relation_scorer(self, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None = None) -> None:
+        """AMFF has no relation network (see ``has_relation``)."""
+        return None
 
 
 def _check_trunk_keys(trunk: nn.Module, pretrained_file: str) -> None:

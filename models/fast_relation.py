@@ -196,25 +196,3 @@ class RelationScorer:
             return kernel.new_empty(0)
         head = self.model.relation_head
         return head(kernel.to(head.layers[0].weight.dtype)).float()
-
-
-def relation_scores(model: Any, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor,
-                    sketch_kept: torch.Tensor | None = None, photo_kept: torch.Tensor | None = None,
-                    *, chunk_size: int = 64) -> torch.Tensor:
-    """`model.relation` for one sketch [1, T', D] against photos [P, T', D], `chunk_size` photos at a time.
-
-    Returns float32 scores [P] on the photos' device.
-    """
-    scorer = RelationScorer(model, sketch_tokens, sketch_kept)
-    parts = []
-    for start in range(0, photo_tokens.shape[0], chunk_size):
-        kept = None if photo_kept is None else photo_kept[start:start + chunk_size]
-        parts.append(scorer.score(photo_tokens[start:start + chunk_size], kept))
-    return torch.cat(parts) if parts else photo_tokens.new_empty(0, dtype=torch.float32)
-
-
-def supports_fast_relation(model: Any) -> bool:
-    """True for ZSE models, whose cross-attention and relation head this module re-implements."""
-    from models.zse import ZSEModel
-
-    return isinstance(model, ZSEModel)

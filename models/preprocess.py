@@ -23,6 +23,7 @@ ones. Sketches under that size are preprocessed exactly as before.
 
 from __future__ import annotations
 
+import os
 from typing import cast
 
 import numpy as np
@@ -47,6 +48,20 @@ DESCRIPTION = {
     "photo": "resize 224x224, RGB",
     "sketch": "crop ink bbox (R+G+B<=300) + 10 px, bilinear aspect resize to 224, pad square with max",
 }
+
+
+def read_image(path: str | os.PathLike[str]) -> Image.Image:
+    """The project's one image reader: open ``path`` and decode it now, so that a truncated or broken
+    file fails here (OSError, SyntaxError or ValueError from PIL), not in a later step; the file is
+    closed on return. Mode and size are the file's own (``to_rgb``, ``photo`` and ``sketch`` convert)."""
+    with Image.open(path) as image:
+        image.load()
+        return image
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """A gallery photo (or a sketch file), decoded and RGB, transparency composited onto white."""
+    return to_rgb(read_image(path))
 
 
 def to_rgb(image: Image.Image, *, peak: float | None = None) -> Image.Image:
@@ -280,3 +295,11 @@ def _darkest_blocks(array: np.ndarray, row_starts: np.ndarray, column_starts: np
     key = np.minimum.reduceat(key, row_starts, axis=0)
     key = np.minimum.reduceat(key, column_starts, axis=1)
     return np.stack([(key >> 16) & 255, (key >> 8) & 255, key & 255], axis=2).astype(np.uint8)
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    """Preprocessed [3, H, W] (normalised with MEAN / STD) -> the RGB image the model saw."""
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    pixels = (tensor.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))

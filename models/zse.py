@@ -179,6 +179,7 @@ class ZSEModel(nn.Module):
     """The ZSE-SBIR model: `encode` for the [Ret] embedding and tokens, `relation` / `kernel` for pairs."""
 
     family = "zse"
+    has_relation = True
 
     def __init__(self, config: ZSEConfig) -> None:
         super().__init__()
@@ -220,6 +221,13 @@ class ZSEModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(images).ret
+
+    def relation_scorer(self, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None = None) -> Any:
+        """The fast exact scorer of one sketch (tokens [1, T', D]) against many photos: the sketch side
+        computed once (models.fast_relation.RelationScorer; same scores as ``relation``)."""
+        from models.fast_relation import RelationScorer
+
+        return RelationScorer(self, sketch_tokens, sketch_kept)
 
     def _full_grid(
         self, tokens: torch.Tensor, kept: torch.Tensor | None

@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 
 from PIL import Image
 
-from service.search import Tokens
+from indexer.retrieval import Tokens
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,13 @@ from pydantic_settings import BaseSettings, JsonConfigSettingsSource, SettingsCo
 MIB = 1024 * 1024
 
 
+# Hard caps of the API, whatever the settings say, and its defaults (service/api/deps.py reads them).
+K_LIMIT = 200
+SHORTLIST_LIMIT = 2000
+DEFAULT_K = 20
+DEFAULT_SHORTLIST = 100
+
+
 class Settings(BaseSettings):
     """Everything the server needs to know; see docs/service.md, for the environment variables."""
 
@@ -46,8 +53,8 @@ class Settings(BaseSettings):
     # Limits on what a request may ask for.
     max_upload_bytes: int = Field(10 * MIB, ge=1024)
     max_pixels: int = Field(25_000_000, ge=1, description="width*height above this is refused before decoding")
-    k_max: int = Field(200, ge=1, le=200)
-    shortlist_max: int = Field(2000, ge=1, le=2000)
+    k_max: int = Field(K_LIMIT, ge=1, le=K_LIMIT)
+    shortlist_max: int = Field(SHORTLIST_LIMIT, ge=1, le=SHORTLIST_LIMIT)
     thumbnail_max: int = Field(1024, ge=16, le=4096, description="largest ?size= for GET /images/{id}")
 
     # Engine and jobs.

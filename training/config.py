@@ -24,11 +24,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.errors import SbirError
+from training.datasets import DatasetName
 
-DatasetName = Literal[
-    "sketchy25", "sketchy21", "tuberlin", "quickdraw", "qmul-chair", "qmul-shoe", "generic", "openmoji-demo"
-]
-DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
 Family = Literal["zse", "amff"]
 
 # Family defaults from the papers.

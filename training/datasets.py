@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,12 @@ from models.errors import SbirError
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+# Every dataset name the project accepts (training configs, `sbir evaluate --dataset`, the API's job
+# bodies): the one list, which the others import.
+DatasetName = Literal[
+    "sketchy25", "sketchy21", "tuberlin", "quickdraw", "qmul-chair", "qmul-shoe", "generic", "openmoji-demo"
+]
+DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
 REFERENCE_DATASETS = ("sketchy25", "sketchy21", "tuberlin", "quickdraw")
 
 Part = Literal["zero", "train"]

@@ -34,17 +34,6 @@ def register(subparsers: Any) -> None:
     prepare.add_argument("--workers", type=int, default=2, help="rendering processes (default: %(default)s)")
     prepare.set_defaults(handler=_prepare)
 
-    index = commands.add_parser(
-        "index",
-        help="build the demo index (all colour images) unless one built with these weights exists",
-        description="Index data/demo/manifest.csv with the demo checkpoint. An index already built from "
-        "the same checkpoint is kept as it is, so a second `make run` starts in seconds.",
-    )
-    index.add_argument("--data", default="data/demo", help="prepared demo dataset (default: %(default)s)")
-    index.add_argument("--checkpoint", default="weights/zse-openmoji-demo.pt", help="default: %(default)s")
-    index.add_argument("--out", default="data/indexes/openmoji-demo", help="index directory (default: %(default)s)")
-    index.set_defaults(handler=_index)
-
     train = commands.add_parser(
         "train",
         help="train the demo model with the demo recipe (in-memory data, contrastive [Ret], hard negatives)",
@@ -80,34 +69,6 @@ def _prepare(args: argparse.Namespace) -> int:
             print(f"  {line}")
     except DemoDataError as error:
         raise CliError(str(error)) from None
-    return 0
-
-
-def _index(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import indexer
-    from models import checkpoint_hash
-    from models.errors import CliError
-
-    checkpoint, out = Path(args.checkpoint), Path(args.out)
-    gallery = Path(args.data) / "manifest.csv"
-    if not checkpoint.is_file():
-        raise CliError(f"checkpoint {checkpoint} does not exist")
-    if not gallery.is_file():
-        raise CliError(f"{gallery} does not exist: run `sbir demo prepare` first")
-    if (out / "manifest.json").is_file():
-        try:
-            with indexer.open(out, checkpoint_hash=checkpoint_hash(checkpoint)) as existing:
-                print(f"{out}: up to date ({len(existing)} images)")
-                return 0
-        except indexer.IndexMismatchError:
-            print(f"{out}: built with other weights, rebuilding")
-    try:
-        indexer.build(gallery, checkpoint, out, tokens="fp16", name="openmoji-demo", progress=True)
-    except indexer.IndexerError as error:
-        raise CliError(str(error)) from None
-    print(f"{out}: built")
     return 0
 
 

@@ -59,7 +59,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from indexer.publish import process_alive
+from indexer.publish import process_alive, publish
 from models.errors import SbirError
 
 OPENMOJI_VERSION = "17.0.0"
@@ -554,16 +554,6 @@ def _clean_stale(out: Path) -> None:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
-def _swap_into_place(build: Path, out: Path) -> None:
-    # A folder cannot be os.replace'd over a non-empty one: move the old aside, rename, then delete it.
-    old = _scratch(out, "old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(build, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def prepare_from_package(
     package: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -596,7 +586,7 @@ def prepare_from_package(
     shutil.rmtree(build, ignore_errors=True)  # a leftover of an earlier call in this process
     try:
         counts = _build(Path(package), build, emojis, skipped, settings, source, workers)
-        _swap_into_place(build, out)
+        publish(build, out)  # one atomic exchange on Linux: there is always a demo folder
     finally:
         # Whatever stopped the build (an error, Ctrl-C), no half-written folder is left behind.
         shutil.rmtree(build, ignore_errors=True)

@@ -31,8 +31,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from indexer import retrieval as retrieval_path
 from models.atomic import finite_or_none, write_json_atomic
-from models.device import autocast, inference_dtype, resolve_device
+from models.device import autocast, inference_dtype
 from models.errors import SbirError
 from training.data import (
     ImageDataset,
@@ -68,17 +69,6 @@ class EvaluationError(SbirError, ValueError):
 
 # ----------------------------------------------------------------------------------------------
 # Devices and encoding
-
-
-def encode(model: nn.Module, images: torch.Tensor, modality: Modality) -> Any:
-    """``model.encode`` for either family; ZSE takes the modality (its keep rates differ per modality)."""
-    if getattr(model, "family", None) == "zse":
-        return model.encode(images, modality=modality)  # type: ignore[operator]
-    return model.encode(images)  # type: ignore[operator]
-
-
-def has_relation(model: nn.Module) -> bool:
-    return getattr(model, "family", None) == "zse"
 
 
 @dataclass
@@ -130,7 +120,7 @@ def iter_encoded(
     with torch.no_grad():
         for images, positions in loader:
             with autocast(device, inference_dtype(device, amp)):
-                encoded = encode(model, images.to(device, non_blocking=True), modality)
+                encoded = model.encode(images.to(device, non_blocking=True), modality)  # type: ignore[operator]
             tokens = encoded.tokens.to(token_dtype) if keep_tokens and encoded.tokens is not None else None
             yield (
                 positions,
@@ -198,56 +188,12 @@ def ret_distances(sketch_ret: torch.Tensor, photo_ret: torch.Tensor) -> torch.Te
     return (2.0 - 2.0 * sketch_ret @ photo_ret.T).clamp_min(0.0).sqrt()
 
 
-def relation_scores(
-    model: nn.Module,
-    sketch_tokens: torch.Tensor,
-    photo_tokens: torch.Tensor,
-    sketch_kept: torch.Tensor | None = None,
-    photo_kept: torch.Tensor | None = None,
-    *,
-    photo_positions: torch.Tensor | None = None,
-    chunk_size: int = 256,
-    amp: bool = True,
-) -> torch.Tensor:
-    """Relation scores of one sketch against many photos: [G'] float32 on the CPU.
-
-    sketch_tokens [1, T, D] (broadcast, never repeated), photo_tokens [G, T, D]; photo_positions
-    (ascending) picks G' of the G photos, default all. Photos are scored ``chunk_size`` at a time,
-    by the service's re-ranking path (`models.fast_relation.RelationScorer`, the sketch side computed
-    once) for ZSE models, else by ``model.relation``.
-    """
-    from models.fast_relation import RelationScorer, supports_fast_relation
-
-    device = photo_tokens.device
-    total = photo_tokens.shape[0] if photo_positions is None else len(photo_positions)
-    scores = []
-    with torch.no_grad():
-        scorer = None
-        if supports_fast_relation(model):
-            with autocast(device, inference_dtype(device, amp)):
-                scorer = RelationScorer(model, sketch_tokens, sketch_kept)
-        for start in range(0, total, chunk_size):
-            if photo_positions is None:
-                chunk = slice(start, min(start + chunk_size, total))
-                tokens = photo_tokens[chunk]
-                kept = None if photo_kept is None else photo_kept[chunk]
-            else:
-                index = photo_positions[start : start + chunk_size].to(device)
-                tokens = photo_tokens.index_select(0, index)
-                kept = None if photo_kept is None else photo_kept.index_select(0, index)
-            with autocast(device, inference_dtype(device, amp)):
-                if scorer is not None:
-                    chunk_scores = scorer.score(tokens, kept)
-                else:
-                    chunk_scores = model.relation(sketch_tokens, tokens, sketch_kept, kept)  # type: ignore[operator]
-            scores.append(chunk_scores.float().cpu())
-    return torch.cat(scores) if scores else torch.empty(0)
-
-
 class Scorer:
     """Distances of sketches to every photo for one retrieval mode (lower is closer).
 
     ``distances(sketches)`` -> [b, G] float32 numpy, for :func:`training.metrics.per_query_metrics`.
+    The photos are an ``indexer.retrieval.EmbeddedGallery``: two-stage retrieval takes its shortlist
+    from the same FAISS index type and re-ranks it with the same functions as the service's search.
     """
 
     def __init__(
@@ -268,28 +214,17 @@ class Scorer:
         self.chunk_size = chunk_size
         self.amp = amp
         self.pairs = PairCount()
-        self.index: Any = None
-        if retrieval == "two-stage":
-            import faiss
+        self.index = retrieval_path.EmbeddedGallery(photos.ret, photos.tokens, photos.kept)
 
-            self.index = faiss.IndexFlatIP(photos.ret.shape[1])
-            self.index.add(np.ascontiguousarray(photos.ret.numpy(), dtype=np.float32))
-
-    def _relation_row(self, sketches: Embeddings, row: int, positions: torch.Tensor | None) -> torch.Tensor:
+    def _relation_row(self, sketches: Embeddings, row: int, ids: np.ndarray) -> torch.Tensor:
         assert sketches.tokens is not None and self.photos.tokens is not None
         sketch_kept = None if sketches.kept is None else sketches.kept[row : row + 1]
-        scores = relation_scores(
-            self.model,
-            sketches.tokens[row : row + 1],
-            self.photos.tokens,
-            sketch_kept,
-            self.photos.kept,
-            photo_positions=positions,
-            chunk_size=self.chunk_size,
-            amp=self.amp,
-        )
+        sketch = retrieval_path.Tokens(sketches.tokens[row : row + 1], sketch_kept)
+        device = self.photos.tokens.device
+        scores = retrieval_path.relation_scores(self.model, self.index, sketch, ids, self.chunk_size, device,
+                                                self.amp)
         self.pairs.evaluated += len(scores)
-        return scores
+        return torch.from_numpy(scores)
 
     def distances(self, sketches: Embeddings) -> np.ndarray:
         count = sketches.ret.shape[0]
@@ -297,18 +232,16 @@ class Scorer:
         if self.retrieval == "ret":
             return ret_distances(sketches.ret, self.photos.ret).numpy()
         if self.retrieval == "rn":
-            rows = [-self._relation_row(sketches, row, None) for row in range(count)]
+            everything = np.arange(self.gallery)
+            rows = [-self._relation_row(sketches, row, everything) for row in range(count)]
             return torch.stack(rows).numpy() if rows else np.empty((0, self.gallery), np.float32)
         # two-stage: everything outside the shortlist after it, by inner product (what the ANN returns).
         inner = sketches.ret @ self.photos.ret.T  # [b, G]
         distances = _OUTSIDE_SHORTLIST + (1.0 - inner)
-        _, ids = self.index.search(
-            np.ascontiguousarray(sketches.ret.numpy(), dtype=np.float32), self.shortlist
-        )
-        for row in range(count):
+        for row, candidates in enumerate(retrieval_path.shortlists(self.index, sketches.ret.numpy(), self.shortlist)):
             # Gallery order, so that K = G scores exactly the chunks the exhaustive path scores.
-            shortlisted = torch.from_numpy(np.sort(ids[row][ids[row] >= 0])).long()
-            distances[row, shortlisted] = -self._relation_row(sketches, row, shortlisted)
+            shortlisted = np.sort(candidates.ids)
+            distances[row, torch.from_numpy(shortlisted)] = -self._relation_row(sketches, row, shortlisted)
         return distances.numpy()
 
 
@@ -373,7 +306,7 @@ def evaluate_model(
     """
     if retrieval not in RETRIEVALS:
         raise EvaluationError(f"retrieval must be one of {', '.join(RETRIEVALS)}, got {retrieval!r}")
-    if retrieval != "ret" and not has_relation(model):
+    if retrieval != "ret" and not retrieval_path.can_rerank(model):
         raise EvaluationError(
             f"retrieval {retrieval!r} needs a relation network; {getattr(model, 'family', '?')} models "
             "have none (use 'ret')"
@@ -518,20 +451,18 @@ def evaluate(
     Raises:
         models.CheckpointError, training.datasets.DatasetError, EvaluationError.
     """
-    from models import checkpoint_hash, load_checkpoint
+    import models
 
     total_started = time.perf_counter()
     if retrieval not in RETRIEVALS:
         raise EvaluationError(f"retrieval must be one of {', '.join(RETRIEVALS)}, got {retrieval!r}")
-    torch_device = resolve_device(device)
     started = time.perf_counter()
-    model = load_checkpoint(checkpoint)
-    model.to(torch_device)
-    if retrieval != "ret" and not has_relation(model):
+    loaded = models.load(checkpoint, device)
+    model, torch_device, sha256 = loaded.model, loaded.device, loaded.sha256
+    if retrieval != "ret" and not retrieval_path.can_rerank(model):
         raise EvaluationError(
             f"retrieval {retrieval!r} needs a relation network; AMFF models have none (use 'ret')"
         )
-    sha256 = checkpoint_hash(checkpoint)
     load_model_s = time.perf_counter() - started
     started = time.perf_counter()
     split = load_split(dataset, root, "zero", unseen=unseen, quick=quick)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from tests.indexer.conftest import make_folder_gallery, make_png
+from tests.support.datasets import make_folder_gallery
+from tests.support.images import make_png
 
 
 def test_build_add_info(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -50,3 +51,18 @@ def test_registration_does_not_import_torch_or_faiss() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.stdout.strip() == "[]"
+
+
+def test_skip_current_keeps_an_index_of_the_same_files_and_weights_and_rebuilds_otherwise(
+        tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gallery = tmp_path / "gallery"
+    make_folder_gallery(gallery, {"a": 2})
+    out = tmp_path / "index"
+    build = ["index", "build", "--gallery", str(gallery), "--out", str(out), "--checkpoint", str(checkpoint),
+             "--workers", "0", "--no-progress", "--skip-current"]
+    assert main(build) == 0 and "2 photos" in capsys.readouterr().out
+    built = (out / "manifest.json").read_bytes()
+    assert main(build) == 0 and "up to date" in capsys.readouterr().out
+    assert (out / "manifest.json").read_bytes() == built  # left as it was
+    make_png(gallery / "a" / "9.png", seed=41)  # a new photo: the listing changed
+    assert main(build) == 0 and "3 photos" in capsys.readouterr().out

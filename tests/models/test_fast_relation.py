@@ -10,7 +10,7 @@ import torch
 import models
 from models.config import ZSE_PRESETS
 from models.cross_attention import UnbiasedLayerNorm
-from models.fast_relation import RelationScorer, prepare_photos, relation_scores, unbiased_post_norm
+from models.fast_relation import RelationScorer, prepare_photos, unbiased_post_norm
 
 
 def _sharpened(config) -> torch.nn.Module:
@@ -47,7 +47,7 @@ def test_scores_and_kernel_equal_the_model(images: torch.Tensor, form: str, keep
     assert torch.allclose(scores, expected, atol=1e-5, rtol=0)
 
 
-def test_prepared_photos_chunks_and_empty_input_give_the_same_scores(images: torch.Tensor) -> None:
+def test_prepared_photos_and_empty_input_give_the_same_scores(images: torch.Tensor) -> None:
     model = _sharpened(ZSE_PRESETS["zse-tiny"])
     with torch.inference_mode():
         sketch = model.encode(images[:1], modality="sketch")
@@ -55,10 +55,8 @@ def test_prepared_photos_chunks_and_empty_input_give_the_same_scores(images: tor
         expected = model.relation(sketch.tokens, photos.tokens)
         scorer = RelationScorer(model, sketch.tokens)
         prepared = scorer.score(prepare_photos(model, photos.tokens))
-        in_chunks = relation_scores(model, sketch.tokens, photos.tokens, chunk_size=4)
         empty = scorer.score(photos.tokens[:0])
     assert torch.allclose(prepared, expected, atol=1e-5, rtol=0)
-    assert torch.allclose(in_chunks, expected, atol=1e-5, rtol=0)
     assert empty.shape == (0,)
 
 

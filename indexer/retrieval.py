@@ -1,0 +1,215 @@
+"""The one retrieval path: embed the sketch once, take an ANN shortlist, re-rank it with the relation
+network, order.
+
+The service's search (``service.engine``), ``sbir evaluate`` in its two-stage and exhaustive modes
+(``training.evaluate``), the explanations and the benchmarks all call these functions; nothing else
+scores a (sketch, photo) pair for retrieval. No locking and no HTTP here: the caller decides which
+thread runs them.
+
+A *gallery* is anything with the read side of ``indexer.GalleryIndex`` that the path uses:
+``search(vectors [Q, D], k) -> (ids [Q, k], scores [Q, k])``, ``has_tokens``, ``tokens(ids)``,
+``kept(ids)`` and ``record(id).path``. A published index is one; :class:`EmbeddedGallery` is another,
+for photos already embedded in memory (an evaluation), searched through the same FAISS index type
+that ``sbir index build`` would choose for its size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.device import autocast, inference_dtype
+
+logger = logging.getLogger("indexer.retrieval")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Tokens as ``relation`` / ``kernel`` take them: tokens [B, T, D], kept None or [B, N]."""
+
+    tokens: torch.Tensor
+    kept: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> Tokens:
+        kept = None if self.kept is None else self.kept.to(device)
+        return Tokens(self.tokens.to(device=device, dtype=torch.float32), kept)
+
+
+@dataclass(frozen=True)
+class SketchEmbedding:
+    """One sketch: ret [1, D] float32 numpy (for FAISS), tokens on the CPU (None for AMFF)."""
+
+    ret: np.ndarray
+    tokens: Tokens | None
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """ANN candidates, best first: ids int64 [P], ann_scores float32 [P] (FAISS pads removed)."""
+
+    ids: np.ndarray
+    ann_scores: np.ndarray
+
+
+def can_rerank(model: Any) -> bool:
+    """True for models with a relation network (ZSE); AMFF checkpoints have none."""
+    return bool(getattr(model, "has_relation", False))
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Embed
+
+
+def embed_sketches(model: Any, sketches: torch.Tensor, device: torch.device, amp: bool = False
+                   ) -> list[SketchEmbedding]:
+    """sketches [B, 3, 224, 224] (preprocessed) -> B embeddings, from one forward pass.
+
+    Each sketch's result equals embedding it alone (the encoder has no cross-sample interaction),
+    up to the float rounding of a different batch size.
+    """
+    with torch.inference_mode(), autocast(device, inference_dtype(device, amp)):
+        encoded = model.encode(sketches.to(device), "sketch")
+    rets = encoded.ret.detach().float().cpu().numpy().astype(np.float32, copy=False)
+    tokens = None if encoded.tokens is None else encoded.tokens.detach().float().cpu()
+    kept = None if encoded.kept is None else encoded.kept.detach().cpu()
+    return [
+        SketchEmbedding(
+            ret=rets[row : row + 1],
+            # clone(): a view would keep the whole batch's tokens alive in the query cache.
+            tokens=None if tokens is None else Tokens(tokens[row : row + 1].clone(),
+                                                      None if kept is None else kept[row : row + 1].clone()),
+        )
+        for row in range(sketches.shape[0])
+    ]
+
+
+def embed_sketch(model: Any, sketch: torch.Tensor, device: torch.device, amp: bool = False) -> SketchEmbedding:
+    """sketch [3, 224, 224] (preprocessed) -> its retrieval vector and tokens."""
+    return embed_sketches(model, sketch.unsqueeze(0), device, amp)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Shortlist
+
+
+def shortlists(gallery: Any, vectors: np.ndarray, size: int) -> list[Shortlist]:
+    """The ``size`` nearest photos of each query vector [Q, D] by the gallery's ANN search."""
+    ids, scores = gallery.search(np.ascontiguousarray(vectors, dtype=np.float32), size)
+    result = []
+    for row_ids, row_scores in zip(np.asarray(ids), np.asarray(scores), strict=True):
+        valid = row_ids >= 0
+        result.append(Shortlist(ids=row_ids[valid].astype(np.int64), ann_scores=row_scores[valid].astype(np.float32)))
+    return result
+
+
+def shortlist(gallery: Any, vector: np.ndarray, size: int) -> Shortlist:
+    """The ``size`` nearest photos of one query ``vector`` [1, D]."""
+    return shortlists(gallery, vector, size)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Re-rank
+
+
+def photo_tokens(model: Any, gallery: Any, ids: Sequence[int] | np.ndarray, device: torch.device) -> Tokens:
+    """Tokens [P, T, D] of gallery photos on ``device``: the gallery's token store when it has one,
+    else recomputed from the photo files (slower, same numbers up to the store's precision)."""
+    ids = [int(image_id) for image_id in ids]
+    if gallery.has_tokens:
+        return Tokens(gallery.tokens(ids), gallery.kept(ids)).to(device)
+    from models import preprocess
+
+    batch = torch.stack([preprocess.photo(preprocess.load_rgb(gallery.record(image_id).path)) for image_id in ids])
+    with torch.inference_mode():
+        encoded = model.encode(batch.to(device), "photo")
+    return Tokens(encoded.tokens, encoded.kept)
+
+
+def relation_scores(
+    model: Any,
+    gallery: Any,
+    sketch_tokens: Tokens,
+    ids: Sequence[int] | np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    amp: bool = False,
+) -> np.ndarray:
+    """Relation scores [P] float32 in (0, 1) of the sketch against each photo in ``ids`` (in that
+    order), computed ``batch_size`` photos at a time on ``device``.
+
+    The model's relation scorer (``model.relation_scorer``, the fastest exact path) computes the
+    sketch side once per query; each batch's photo tokens are read (and dequantised) from the
+    gallery only when that batch is scored.
+    """
+    sketch = sketch_tokens.to(device)
+    scores = np.empty(len(ids), dtype=np.float32)
+    with torch.inference_mode(), autocast(device, inference_dtype(device, amp)):
+        scorer = model.relation_scorer(sketch.tokens, sketch.kept)
+        if scorer is None:
+            raise ValueError(f"{getattr(model, 'family', '?')} models have no relation network to re-rank with")
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            photos = photo_tokens(model, gallery, chunk, device)
+            scores[start : start + len(chunk)] = scorer.score(photos.tokens, photos.kept).float().cpu().numpy()
+    return scores
+
+
+def order_by_relation(relation: np.ndarray) -> np.ndarray:
+    """Positions [P] of the shortlist sorted by relation score, highest first; ties keep ANN order."""
+    return np.argsort(-relation, kind="stable")
+
+
+# ----------------------------------------------------------------------------------------------
+# A gallery already in memory
+
+
+class EmbeddedGallery:
+    """Photos embedded in memory (ret [G, D] L2-normalised, tokens [G, T, D], kept [G, n]), with ids
+    0..G-1, searched by the FAISS index ``sbir index build`` would build for G photos."""
+
+    def __init__(self, ret: torch.Tensor, tokens: torch.Tensor | None = None, kept: torch.Tensor | None = None,
+                 *, factory: str | None = None) -> None:
+        from indexer import faiss_index
+
+        vectors = np.ascontiguousarray(ret.float().cpu().numpy(), dtype=np.float32)
+        count, dim = vectors.shape
+        self.factory = factory or faiss_index.default_factory(count, dim)
+        self._index = faiss_index.build_index(vectors, np.arange(count, dtype=np.int64), self.factory)
+        self._tokens = tokens
+        self._kept = kept
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def has_tokens(self) -> bool:
+        return self._tokens is not None
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """ids int64 [Q, k], inner-product scores float32 [Q, k], best first (padded with -1)."""
+        scores, ids = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        return ids.astype(np.int64, copy=False), scores.astype(np.float32, copy=False)
+
+    def tokens(self, ids: Sequence[int]) -> torch.Tensor:
+        assert self._tokens is not None
+        return self._tokens.index_select(0, torch.as_tensor(list(ids), dtype=torch.long, device=self._tokens.device))
+
+    def kept(self, ids: Sequence[int]) -> torch.Tensor | None:
+        if self._kept is None:
+            return None
+        return self._kept.index_select(0, torch.as_tensor(list(ids), dtype=torch.long, device=self._kept.device))
+
+    def record(self, image_id: int) -> Any:
+        raise KeyError(image_id)  # no files behind an embedded gallery; its tokens are always there
+
+
+def rerank_all(model: Any, gallery: Any, sketch_tokens: Tokens, batch_size: int, device: torch.device,
+               amp: bool = False) -> np.ndarray:
+    """Relation scores [G] of the sketch against every photo of the gallery (ids 0..G-1): exhaustive
+    relation retrieval, the upper bound the two-stage path approximates."""
+    return relation_scores(model, gallery, sketch_tokens, np.arange(len(gallery)), batch_size, device, amp)
