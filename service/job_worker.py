@@ -2,7 +2,7 @@
 
 Runs one work function `func(params: dict, report: Callable[[float, str], None]) -> dict` and
 records its outcome in the job store; the server (service.jobs.JobManager) turns that into the
-job's final state. Exit status: 0 success, 1 failure, 3 not implemented.
+job's final state. Exit status: 0 success, 1 failure, 4 the server that started it went away.
 """
 
 from __future__ import annotations
@@ -59,10 +59,6 @@ def run(store: JobStore, job_id: str, work: str) -> int:
     report(0.0, "starting")
     try:
         result = resolve_work_function(work)(dict(job.params), report) or {}
-    except NotImplementedError as error:
-        store.set_outcome(job_id, error=str(error))
-        print(f"not implemented: {error}", flush=True)
-        return 3
     except JobInputError as error:
         store.set_outcome(job_id, error=str(error))
         print(f"failed: {error}", flush=True)

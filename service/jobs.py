@@ -34,8 +34,7 @@ RESTART_REASON = "server restarted while the job was running"
 QUEUED_RESTART_REASON = "server restarted before the job started"
 SHUTDOWN_REASON = "server stopped while the job was running"
 
-# Work functions by job kind, as "module:function" resolved inside the worker process; the
-# training issue replaces the train/evaluate entries (see service.work).
+# Work functions by job kind, as "module:function" resolved inside the worker process (see service.work).
 DEFAULT_WORK_FUNCTIONS: Mapping[str, str] = {
     "index_build": "service.work:build_index",
     "train": "service.work:train",
@@ -388,11 +387,8 @@ class JobManager:
 
 
 def _worker_environment() -> dict[str, str]:
+    # The worker is `python -m service.job_worker` of the installed package: no PYTHONPATH of our own.
     environment = {name: value for name, value in os.environ.items() if name not in _SECRET_ENV}
-    # The worker imports this same code, installed or not.
-    project_root = str(Path(__file__).resolve().parent.parent)
-    existing = environment.get("PYTHONPATH")
-    environment["PYTHONPATH"] = project_root + (os.pathsep + existing if existing else "")
     environment["PYTHONUNBUFFERED"] = "1"  # progress lines reach the log as they happen
     return environment
 
