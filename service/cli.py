@@ -1,31 +1,35 @@
 """The `sbir` console command.
 
-Each area registers its own subcommands through a `register(subparsers)` function in its
-`cli` module. Registration must stay cheap (no torch or faiss import) so that `sbir --help`
-answers at once; handlers import what they need when they run.
+Each area registers its own subcommands with a `register(subparsers)` function, named as a package
+entry point in the `sbir.commands` group (pyproject.toml, `[project.entry-points."sbir.commands"]`),
+so this module names no area: the layers above the service (benchmarks) plug in the same way as
+those below. `sbir --help` lists them in the order of the entry-point names, sorted as strings;
+the names are `POSITION-AREA` with a two-digit position (`10-model`, `20-index`, ...).
+
+Registration must stay cheap (no torch or faiss import) so that `sbir --help` answers at once;
+handlers import what they need when they run.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import EntryPoint, entry_points
 
 # Every area's domain errors derive from SbirError (models.errors, no torch import); main() is the one
 # place where they become a one-line message and exit status 2.
 from models.errors import SbirError
 
-# Modules that contribute subcommands, in the order they appear in `sbir --help`.
-COMMAND_MODULES: tuple[str, ...] = (
-    "models.cli",
-    "indexer.cli",
-    "service.serve_cli",
-    "service.explain_cli",
-    "training.cli",
-    "training.demo_cli",
-    "benchmarks.cli",
-)
+COMMAND_GROUP = "sbir.commands"
+
+
+def command_entry_points() -> list[EntryPoint]:
+    """The `sbir.commands` entry points in `sbir --help` order (by name)."""
+    found = sorted(entry_points(group=COMMAND_GROUP), key=lambda entry: entry.name)
+    if not found:
+        raise RuntimeError(f"no {COMMAND_GROUP} entry points: install the package (pip install -e .)")
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,15 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Zero-shot sketch-based image retrieval: models, FAISS indexer and search service.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            # An area that has not landed yet contributes nothing; any other import error is real.
-            if error.name == module_name:
-                continue
-            raise
-        module.register(subparsers)
+    for entry in command_entry_points():
+        entry.load()(subparsers)
     return parser
 
 
