@@ -1,4 +1,4 @@
-"""What every benchmark of issue 8 shares: percentiles, the run header, writing the JSON result."""
+"""What every benchmark shares: percentiles, the run header, writing the JSON result."""
 
 from __future__ import annotations
 
