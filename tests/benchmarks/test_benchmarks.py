@@ -11,7 +11,7 @@ import torch
 
 import models
 from benchmarks import cli, quality_cost, rerank, search_latency, server_throughput, upload_memory
-from tests.training.test_train import make_generic
+from tests.support.datasets import make_generic
 
 MACHINE_KEYS = {"cpu_model", "cpu_cores_usable", "torch", "faiss", "gpus", "load_average_1m"}
 STAGES = {"decode", "embed", "ann", "rerank", "total"}
@@ -23,12 +23,6 @@ def read(path: Path) -> dict:
     assert MACHINE_KEYS <= set(report["machine"])
     assert len(report["load_average_at_start"]) == 3
     return report
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    return models.save_checkpoint(models.build_model("zse-tiny"), tmp_path_factory.mktemp("ckpt") / "zse-tiny.pt")
 
 
 def test_rerank_reports_every_variant_with_equal_scores(tmp_path: Path) -> None:

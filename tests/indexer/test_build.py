@@ -12,7 +12,8 @@ import pytest
 import indexer
 from indexer import embedding, faiss_index
 from indexer.errors import FactoryError, GalleryError, IndexerError, IndexMismatchError
-from tests.indexer.conftest import hash_tree, make_folder_gallery, make_png
+from tests.support.datasets import hash_tree, make_folder_gallery
+from tests.support.images import make_png
 
 FAST = {"num_workers": 0, "progress": False, "batch_size": 4}
 

@@ -10,7 +10,7 @@ import torch
 import models
 from models.checkpoint import read_state
 from models.config import ZSE_PRESETS
-from tests.training.test_train import IMAGE_SIZE
+from tests.support.checkpoints import IMAGE_SIZE
 from training.checkpointing import (
     RunState,
     TrainingError,

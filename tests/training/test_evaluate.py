@@ -13,9 +13,10 @@ import torch.nn.functional as F
 
 import models
 from models.amff import AMFF_PRESETS
-from models.config import ZSE_PRESETS
 from service.cli import main
-from tests.training.test_train import IMAGE_SIZE, draw_shape, make_generic
+from tests.support.checkpoints import IMAGE_SIZE, write_checkpoint
+from tests.support.datasets import make_generic
+from tests.support.images import draw_shape
 from training.data import load_image, load_split
 from training.evaluate import Scorer, embed, evaluate
 from training.metrics import rank_by_distances, relevance_from_labels, retrieval_metrics
@@ -31,9 +32,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def zse_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = models.build_model(dataclasses.replace(ZSE_PRESETS["zse-tiny"], image_size=IMAGE_SIZE))
-    return models.save_checkpoint(model, tmp_path_factory.mktemp("zse") / "zse.pt")
+    return write_checkpoint(tmp_path_factory.mktemp("zse") / "zse.pt", "zse-tiny", seed=0, image_size=IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")

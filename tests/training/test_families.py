@@ -11,7 +11,8 @@ import torch
 import models
 from models.amff import AMFF_PRESETS
 from models.config import ZSE_PRESETS
-from tests.training.test_train import IMAGE_SIZE, make_generic
+from tests.support.checkpoints import IMAGE_SIZE
+from tests.support.datasets import make_generic
 from training.config import ConfigError, config_from_dict
 from training.data import BalancedBatchDataset, TripletDataset, load_split
 from training.families import AMFFRecipe, ZSERecipe, build_training_model, recipe_for

@@ -21,107 +21,13 @@ import models
 from models.amff import AMFF_PRESETS
 from models.checkpoint import read_state
 from models.config import ZSE_PRESETS
+from tests.support.checkpoints import IMAGE_SIZE
+from tests.support.datasets import make_generic, make_tuberlin
 from training.config import ConfigError
 from training.data import BalancedBatchDataset, StreamSampler, TripletDataset, load_split
 from training.datasets import DatasetError
 from training.objectives import AMFFObjective, ZSEObjective
 from training.train import TrainingError, train
-
-IMAGE_SIZE = 64
-SHAPES = ("circle", "square", "triangle", "cross", "hbar", "vbar")
-_COLOURS = ((220, 40, 40), (40, 160, 40), (40, 60, 220), (200, 160, 20), (160, 40, 180), (20, 170, 170))
-
-
-# ----------------------------------------------------------------------------------------------
-# Generated data (also used by test_evaluate.py)
-
-
-def draw_shape(kind: int, modality: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
-    """Class ``kind``'s shape, jittered: a black outline on white (sketch) or filled in the class's
-    colour on a light random background (photo)."""
-    background = "white" if modality == "sketch" else tuple(int(v) for v in rng.integers(200, 256, 3))
-    image = Image.new("RGB", (size, size), background)
-    pen = ImageDraw.Draw(image)
-    shift = int(rng.integers(-3, 4))
-    low, high = 6 + shift, 26 + shift
-    middle = (low + high) // 2
-    fill = None if modality == "sketch" else _COLOURS[kind % len(_COLOURS)]
-    ink = (0, 0, 0)
-    shape = kind % len(SHAPES)
-    if shape == 0:
-        pen.ellipse([low, low, high, high], outline=ink, fill=fill, width=2)
-    elif shape == 1:
-        pen.rectangle([low, low, high, high], outline=ink, fill=fill, width=2)
-    elif shape == 2:
-        pen.polygon([(low, high), (high, high), (middle, low)], outline=ink, fill=fill, width=2)
-    elif shape == 3:
-        pen.line([(low, low), (high, high)], fill=fill or ink, width=3)
-        pen.line([(low, high), (high, low)], fill=fill or ink, width=3)
-    elif shape == 4:
-        pen.rectangle([low, middle - 3, high, middle + 3], outline=ink, fill=fill, width=2)
-    else:
-        pen.rectangle([middle - 3, low, middle + 3, high], outline=ink, fill=fill, width=2)
-    return image
-
-
-def make_generic(
-    root: Path,
-    classes: tuple[str, ...] = SHAPES,
-    per_class: int = 4,
-    seed: int = 0,
-    unseen: list[str] | None = None,
-) -> Path:
-    """``root/sketch/<class>/<class>_<i>.png`` and ``root/photo/<class>/<class>_<i>.png`` (sketch i pairs with
-    photo i by stem); with ``unseen``, also ``root/split.json`` as ``sbir demo prepare`` writes it."""
-    rng = np.random.default_rng(seed)
-    for kind, name in enumerate(classes):
-        for i in range(per_class):
-            for modality in ("sketch", "photo"):
-                path = root / modality / name / f"{name}_{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                draw_shape(kind, modality, rng).save(path)
-    if unseen is not None:
-        seen = [name for name in classes if name not in unseen]
-        (root / "split.json").write_text(json.dumps({"seen": seen, "unseen": unseen}), encoding="utf-8")
-    return root
-
-
-def make_tuberlin(
-    root: Path,
-    train_classes: tuple[str, ...] = SHAPES[:4],
-    zero_classes: tuple[str, ...] = SHAPES[4:],
-    per_class: int = 4,
-    missing: int = 0,
-    seed: int = 0,
-) -> Path:
-    """The reference TU-Berlin split-file layout under ``root/TUBerlin``; the last ``missing`` listed
-    training photos are not written."""
-    rng = np.random.default_rng(seed)
-    folder = root / "TUBerlin"
-    (folder / "zeroshot").mkdir(parents=True, exist_ok=True)
-    for part, classes in (("train", train_classes), ("zero", zero_classes)):
-        class_file = "cname_cid.txt" if part == "train" else "cname_cid_zero.txt"
-        (folder / "zeroshot" / class_file).write_text(
-            "".join(f"{name} {label}\n" for label, name in enumerate(classes)), encoding="utf-8"
-        )
-        lines: dict[str, list[str]] = {"sketch": [], "photo": []}
-        for label, name in enumerate(classes):
-            kind = SHAPES.index(name)
-            for i in range(per_class):
-                for modality, subdir in (("sketch", "png_ready"), ("photo", "ImageResized_ready")):
-                    relative = f"{subdir}/{name}/{i}.png"
-                    lines[modality].append(f"{relative} {label}")
-                    image = draw_shape(kind, modality, rng)
-                    (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-                    image.save(folder / relative)
-        if part == "train":
-            for line in lines["photo"][len(lines["photo"]) - missing :]:
-                (folder / line.rsplit(maxsplit=1)[0]).unlink()
-        (folder / "zeroshot" / f"png_ready_filelist_{part}.txt").write_text("\n".join(lines["sketch"]) + "\n")
-        (folder / "zeroshot" / f"ImageResized_ready_filelist_{part}.txt").write_text(
-            "\n".join(lines["photo"]) + "\n"
-        )
-    return root
 
 
 def zse_config(run_dir: Path, root: Path, dataset: str = "tuberlin", **changes: Any) -> dict[str, Any]:
