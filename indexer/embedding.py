@@ -27,6 +27,7 @@ from indexer.gallery import GalleryItem
 from indexer.token_store import encode_tokens
 from models.atomic import save_npz_atomic
 from models.device import autocast
+from models.preprocess import read_image
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 
@@ -74,9 +75,8 @@ class PhotoDataset(Dataset):
 
     def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            with Image.open(self.paths[position]) as image:
-                image.load()  # decode now: a truncated file fails here, not later
-                return position, self.preprocess(image), None
+            image = read_image(self.paths[position])  # decoded now: a truncated file fails here
+            return position, self.preprocess(image), None
         except Exception as error:  # PIL raises many types for broken files; all mean "skip it"
             return position, None, f"{type(error).__name__}: {error}"
 

@@ -56,15 +56,12 @@ def check_patch_factory(factory: str, dim: int, count: int) -> None:
 
 def _photo_patches(path: str, image_size: int, grid: int) -> np.ndarray:
     """uint8 [G*G, p, p, 3]: the photo resized as `models.preprocess.photo` does, cut into patches."""
-    from PIL import Image
 
     from models.explain import image_patches
-    from models.preprocess import photo_pixels
+    from models.preprocess import photo_pixels, read_image
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = photo_pixels(image, image_size)
+        rgb = photo_pixels(read_image(path), image_size)
     except (OSError, SyntaxError, ValueError) as error:
         raise IndexerError(f"patch index: cannot read {path}: {error}") from None
     return image_patches(np.asarray(rgb, dtype=np.uint8), grid)

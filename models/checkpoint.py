@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from models import convert
+from models.atomic import write_atomic
 from models.registry import build_model, config_from_dict
 from models.types import CheckpointError
 
@@ -45,17 +45,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], dtype: torch
         **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda stream: torch.save(payload, stream))
 
 
 def _read(path: Path, map_location: Any) -> Any:

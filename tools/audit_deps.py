@@ -47,10 +47,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 import time
 import tomllib
 import urllib.error
@@ -443,25 +441,10 @@ def format_report(report: Report, strict: bool = False) -> str:
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """The report, through the project's one atomic writer (keys in the report's own order)."""
+    from models.atomic import write_json_atomic as write
 
-
-# --- command line --------------------------------------------------------------------------------
+    write(path, dict(payload), sort_keys=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

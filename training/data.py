@@ -159,11 +159,10 @@ def load_image(path: str | os.PathLike[str], modality: Modality, image_size: int
     """Read and preprocess one image as the reference does: [3, S, S] float32 in [-1, 1]."""
     from models import preprocess
 
-    with Image.open(path) as image:
-        image.load()
-        if modality == "sketch":
-            return preprocess.sketch(image, image_size)
-        return preprocess.photo(image, image_size)
+    image = preprocess.read_image(path)
+    if modality == "sketch":
+        return preprocess.sketch(image, image_size)
+    return preprocess.photo(image, image_size)
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -219,19 +218,18 @@ def load_sketch(
     from models import preprocess
 
     item_seed = _item_seed(seed, epoch, index, slot)
-    with Image.open(path) as image:
-        image.load()
-        if _accepts_rng(augment):
-            augmented = augment(image, rng=random.Random(item_seed))  # type: ignore[call-arg]
-        else:
-            python_state = random.getstate()
-            try:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(item_seed)
-                    random.seed(item_seed)
-                    augmented = augment(image)
-            finally:
-                random.setstate(python_state)
+    image = preprocess.read_image(path)
+    if _accepts_rng(augment):
+        augmented = augment(image, rng=random.Random(item_seed))  # type: ignore[call-arg]
+    else:
+        python_state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(item_seed)
+                random.seed(item_seed)
+                augmented = augment(image)
+        finally:
+            random.setstate(python_state)
     return preprocess.sketch(augmented, image_size)
 
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from models.atomic import write_atomic
 
@@ -85,9 +84,8 @@ def decode(item: BankItem, size: int) -> np.ndarray:
     """One image as the service preprocesses it, back in uint8: sketch [H, W], photo [3, H, W]."""
     from models import preprocess
 
-    with Image.open(item.path) as image:
-        image.load()
-        tensor = preprocess.sketch(image, size) if item.modality == "sketch" else preprocess.photo(image, size)
+    image = preprocess.read_image(item.path)
+    tensor = preprocess.sketch(image, size) if item.modality == "sketch" else preprocess.photo(image, size)
     pixels = ((tensor.numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
     return pixels.min(axis=0) if item.modality == "sketch" else pixels
 
