@@ -17,36 +17,21 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from service.batching import DynamicBatcher
-from service.errors import ApiError
+from service.errors import NotFoundError, NotReadyError, NotSupportedError
 from service.query_cache import LRUCache, QueryCache, QueryRecord
 from service.settings import Settings
+
+if TYPE_CHECKING:  # torch is imported only when something is loaded
+    from models.interface import LoadedModel
 
 logger = logging.getLogger("service.engine")
 
 EXPLANATION_CACHE_SIZE = 8
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A checkpoint loaded on its device; `checkpoint_hash` ties indexes to it."""
-
-    model: Any
-    device: Any  # torch.device; torch is imported only when something is loaded
-    checkpoint: Path
-    checkpoint_hash: str
-
-    @property
-    def name(self) -> str:
-        return str(getattr(getattr(self.model, "config", None), "name", "unknown"))
-
-    @property
-    def family(self) -> str:
-        return str(getattr(self.model, "family", "unknown"))
 
 
 class _IndexSlot:
@@ -92,17 +77,6 @@ class SearchOutcome:
     index_size: int
     records: dict[int, Any]  # image_id -> ImageRecord, read while the lease was held
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(choice: str) -> Any:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is a configuration error."""
-    import torch
-
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
-    return torch.device(choice)
 
 
 class SearchEngine:
@@ -158,10 +132,9 @@ class SearchEngine:
     def load_model(self, checkpoint: Path) -> LoadedModel:
         import models
 
-        device = resolve_device(self.settings.device)
         started = time.perf_counter()
-        model = models.load_checkpoint(checkpoint, map_location="cpu").to(device).eval()
-        loaded = LoadedModel(model, device, Path(checkpoint), models.checkpoint_hash(checkpoint))
+        loaded = models.load(checkpoint, self.settings.device)
+        device = loaded.device
         with self._state_lock:
             self._model = loaded
         logger.info("loaded %s (%s) on %s in %.1fs", loaded.name, loaded.family, device,
@@ -175,7 +148,7 @@ class SearchEngine:
         model = self.model
         if model is None:
             raise RuntimeError("no model is loaded, so no index can be checked against it")
-        return indexer.open(directory, checkpoint_hash=model.checkpoint_hash)
+        return indexer.open(directory, checkpoint_hash=model.sha256)
 
     def swap_index(self, index: Any) -> None:
         """Serve `index` from now on; the previous one closes when its in-flight requests end."""
@@ -230,19 +203,19 @@ class SearchEngine:
             return reasons
 
     def ensure_ready(self) -> None:
-        """503 unless both a model and an index are loaded."""
+        """NotReadyError unless both a model and an index are loaded."""
         with self._state_lock:
             ready = self._slot is not None and self._model is not None
         if not ready:
             raise self._not_ready_error()
 
-    def _not_ready_error(self) -> ApiError:
+    def _not_ready_error(self) -> NotReadyError:
         reasons = self.not_ready_reasons() or ["the model or index is not loaded"]
-        return ApiError(503, "not_ready", "; ".join(reasons), headers={"Retry-After": "5"})
+        return NotReadyError("not_ready", "; ".join(reasons))
 
     @contextmanager
     def lease(self) -> Iterator[Lease]:
-        """The model and current index for one request; 503 when either is missing."""
+        """The model and current index for one request; NotReadyError when either is missing."""
         with self._state_lock:
             slot, model = self._slot, self._model
             if slot is None or model is None:
@@ -266,16 +239,16 @@ class SearchEngine:
         rerank None: re-rank when the model has a relation network. The shortlist is raised to k
         when smaller, so re-ranking can always fill k results. Blocking: call from a worker thread.
         """
+        from indexer import retrieval as stages
         from models import preprocess
-        from service import search as stages
 
         timings: dict[str, float] = {}
         with self.lease() as lease:
             model = lease.model
             use_relation = stages.can_rerank(model.model) if rerank is None else rerank
             if use_relation and not stages.can_rerank(model.model):
-                raise ApiError(422, "rerank_unavailable",
-                               f"rerank=true needs a model with a relation network; {model.name} has none")
+                raise NotSupportedError("rerank_unavailable",
+                                        f"rerank=true needs a model with a relation network; {model.name} has none")
 
             started = time.perf_counter()
             sketch_tensor = preprocess.sketch(sketch_image)
@@ -285,7 +258,7 @@ class SearchEngine:
             started = time.perf_counter()
             candidates = max(shortlist, k) if use_relation else k
             with self.compute_lock:
-                short = stages.ann_shortlist(lease.index, embedding.ret, candidates)
+                short = stages.shortlist(lease.index, embedding.ret, candidates)
             timings["ann"] = _elapsed_ms(started)
 
             started = time.perf_counter()
@@ -303,7 +276,7 @@ class SearchEngine:
 
             records = {hit.image_id: lease.index.record(hit.image_id) for hit in hits}
             query_id = uuid.uuid4().hex
-            self.queries.put(query_id, QueryRecord(stages.tensor_to_image(sketch_tensor), embedding.tokens))
+            self.queries.put(query_id, QueryRecord(preprocess.to_image(sketch_tensor), embedding.tokens))
             return SearchOutcome(query_id=query_id, hits=hits, reranked=use_relation, shortlist_size=len(short.ids),
                                  index_name=str(lease.index.name), index_size=len(lease.index), records=records,
                                  timings_ms=timings)
@@ -311,7 +284,7 @@ class SearchEngine:
     def _embed(self, model: LoadedModel, sketch_tensor: Any) -> Any:
         """One preprocessed sketch [3, H, W] -> SketchEmbedding, batched with concurrent searches
         when batching is on (the wait counts in the embed timing)."""
-        from service import search as stages
+        from indexer import retrieval as stages
 
         if self._batcher is None:
             with self.compute_lock:
@@ -323,18 +296,18 @@ class SearchEngine:
         forward pass."""
         import torch
 
-        from service import search as stages
+        from indexer import retrieval as stages
 
         return stages.embed_sketches(model.model, torch.stack(list(sketch_tensors)), model.device,
                                      self.settings.autocast)
 
 
 def lookup_record(index: Any, image_id: int) -> Any:
-    """The index's ImageRecord for `image_id`; 404 for ids the index does not hold."""
+    """The index's ImageRecord for `image_id`; NotFoundError for ids the index does not hold."""
     try:
         return index.record(image_id)
     except (KeyError, IndexError) as error:
-        raise ApiError(404, "unknown_image", f"image {image_id} is not in index {index.name!r}") from error
+        raise NotFoundError("unknown_image", f"image {image_id} is not in index {index.name!r}") from error
 
 
 def _elapsed_ms(started: float) -> float:

@@ -6,9 +6,10 @@ synthesis right, each drawn at the model's 224x224 input so grid cells are exact
 `explain_query` is the service's entry: it resolves a cached query and a photo of the served index
 and runs `explain` under the engine's compute lock.
 
-Errors are `ApiError`s: 404 unknown query / image, 422 `validation_error` for options that do not
-fit the kind or the model, 422 `explain_unavailable` for what the model or index cannot give, 500
-`image_unreadable` for a gallery file that no longer decodes.
+Errors are domain errors (`service.errors`): NotFoundError for an unknown query or image,
+InvalidParameterError (`validation_error`) for options that do not fit the kind or the model,
+NotSupportedError (`explain_unavailable`) for what the model or index cannot give, StoredDataError
+(`image_unreadable`) for a gallery file that no longer decodes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from service.errors import ApiError
+from service.errors import InvalidParameterError, NotFoundError, NotSupportedError, StoredDataError
 
 PANEL_SIZE = 224  # each image is drawn at the model's input size, so grid cells are exact
 GAP = 32
@@ -58,7 +59,7 @@ class ExplainOptions:
 @dataclass(frozen=True)
 class ExplainInputs:
     """One pair: a ZSE model on `device`, an opened index, the sketch as the model saw it (RGB 224x224)
-    with its tokens (`service.search.Tokens` [1, T, D] on the CPU), and a photo id with its record."""
+    with its tokens (`indexer.retrieval.Tokens` [1, T, D] on the CPU), and a photo id with its record."""
 
     model: Any
     device: Any
@@ -78,9 +79,9 @@ class Explanation:
     render: Callable[[], bytes]
 
 
-def invalid(field: str, message: str) -> ApiError:
-    """A 422 in the shape of the service's other parameter errors."""
-    return ApiError(422, "validation_error", f"{field}: {message}", field=field)
+def invalid(field: str, message: str) -> InvalidParameterError:
+    """A `validation_error` in the shape of the service's other parameter errors."""
+    return InvalidParameterError("validation_error", f"{field}: {message}", field=field)
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -124,17 +125,17 @@ def check_options(options: ExplainOptions, model: Any) -> ExplainOptions:
 
 def explain_query(engine: Any, query_id: str, image_id: int, options: ExplainOptions) -> Explanation:
     """The explanation of a cached query and a photo of the served index (blocking; a worker thread)."""
+    from indexer.retrieval import can_rerank
     from service.engine import lookup_record
-    from service.search import can_rerank
 
     query = engine.queries.get(query_id)
     if query is None:
-        raise ApiError(404, "unknown_query", f"query {query_id!r} is unknown or has left the cache; search again")
+        raise NotFoundError("unknown_query", f"query {query_id!r} is unknown or has left the cache; search again")
     with engine.lease() as lease:
         record = lookup_record(lease.index, image_id)
         if query.sketch_tokens is None or not can_rerank(lease.model.model):
-            raise ApiError(422, "explain_unavailable",
-                           f"{lease.model.name} has no token correspondence to explain (ZSE models only)")
+            raise NotSupportedError("explain_unavailable",
+                                    f"{lease.model.name} has no token correspondence to explain (ZSE models only)")
         inputs = ExplainInputs(lease.model.model, lease.model.device, lease.index, query.sketch_image,
                                query.sketch_tokens, image_id, record, query_id)
         options = check_options(options, lease.model.model)
@@ -161,21 +162,20 @@ def explain(inputs: ExplainInputs, options: ExplainOptions) -> Explanation:
 
 
 def _photo_tokens(inputs: ExplainInputs, ids: Sequence[int]) -> Any:
-    from service.search import photo_tokens
+    from indexer.retrieval import photo_tokens
 
     return photo_tokens(inputs.model, inputs.index, ids, inputs.device)
 
 
 def _photo_image(inputs: ExplainInputs, image_id: int, record: Any | None = None) -> Image.Image:
     """A gallery photo as the model saw it: RGB, resized to 224x224 (`preprocess.photo_pixels`)."""
-    from models.preprocess import photo_pixels
-    from service.search import load_photo
+    from models.preprocess import load_rgb, photo_pixels
 
     record = inputs.record if record is None else record
     try:
-        return photo_pixels(load_photo(record.path), PANEL_SIZE)
+        return photo_pixels(load_rgb(record.path), PANEL_SIZE)
     except (OSError, SyntaxError, ValueError) as error:
-        raise ApiError(500, "image_unreadable", f"the file of image {image_id} cannot be decoded") from error
+        raise StoredDataError("image_unreadable", f"the file of image {image_id} cannot be decoded") from error
 
 
 def _cell(index: int, grid: int) -> dict[str, int]:
@@ -426,9 +426,9 @@ def _synthesis_gallery(inputs: ExplainInputs, options: ExplainOptions, sketch_pi
 
     patch_index = getattr(inputs.index, "patch_index", None)
     if patch_index is None:
-        raise ApiError(422, "explain_unavailable",
-                       f"index {inputs.index.name!r} has no patch index for source=gallery; build it with "
-                       "`sbir index build --patch-index`, or use source=retrieved")
+        raise NotSupportedError("explain_unavailable",
+                                f"index {inputs.index.name!r} has no patch index for source=gallery; build it with "
+                                "`sbir index build --patch-index`, or use source=retrieved")
     count = grid * grid
     vectors, present = patch_vectors(inputs.sketch_tokens.tokens, inputs.sketch_tokens.kept, count)
     image_ids, cells, scores = patch_index.search(vectors[0].numpy(), options.k)

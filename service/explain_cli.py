@@ -1,7 +1,9 @@
 """`sbir explain SKETCH --index DIR --checkpoint CKPT --image-id ID --kind K --out FILE`: the
 explanations of GET /explain for a sketch file, without a server.
 
-Registration imports nothing heavy; the handler loads the model and the index when it runs.
+Registration imports nothing heavy; the handler loads the model and the index when it runs. The
+explanation's domain errors (options that do not fit, no patch index) print as one line, as every
+SbirError.
 """
 
 from __future__ import annotations
@@ -42,14 +44,8 @@ def register(subparsers: Any) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from models.errors import CliError
-    from service.errors import ApiError
-
     fmt = args.format or ("png" if args.out.suffix.lower() == ".png" else "json")
-    try:
-        data = _compute(args, fmt)
-    except ApiError as error:
-        raise CliError(error.message) from None
+    data = _compute(args, fmt)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(data)
     print(f"wrote {args.out} ({args.kind}, {fmt}, {len(data):,d} bytes)")
@@ -60,39 +56,39 @@ def _compute(args: argparse.Namespace, fmt: str) -> bytes:
     """The explanation asked for, as the bytes of the output file."""
     import indexer
     import models
+    from indexer import retrieval
     from models import preprocess
     from models.errors import CliError
-    from service import explain, search
-    from service.engine import resolve_device
+    from service import explain
 
     if not args.sketch.is_file():
         raise CliError(f"sketch not found: {args.sketch}")
     if not args.checkpoint.is_file():
         raise CliError(f"checkpoint not found: {args.checkpoint}")
     try:
-        device = resolve_device(args.device)
-        model = models.load_checkpoint(args.checkpoint, map_location="cpu").to(device).eval()
-        index = indexer.open(args.index, checkpoint_hash=models.checkpoint_hash(args.checkpoint))
+        loaded = models.load(args.checkpoint, args.device)
+        device, model = loaded.device, loaded.model
+        index = indexer.open(args.index, checkpoint_hash=loaded.sha256)
     except (RuntimeError, ValueError, indexer.IndexerError) as error:
         raise CliError(str(error).splitlines()[0]) from None
     with index:
-        if not search.can_rerank(model):
+        if not retrieval.can_rerank(model):
             raise CliError(f"{model.config.name} has no token correspondence to explain (ZSE models only)")
         try:
             record = index.record(args.image_id)
         except KeyError:
             raise CliError(f"image {args.image_id} is not in index {index.name!r}") from None
         try:
-            sketch_tensor = preprocess.sketch(search.load_photo(args.sketch))
+            sketch_tensor = preprocess.sketch(preprocess.load_rgb(args.sketch))
         except (OSError, SyntaxError, ValueError) as error:
             raise CliError(f"cannot read the sketch {args.sketch}: {error}") from None
-        embedding = search.embed_sketch(model, sketch_tensor, device)
+        embedding = retrieval.embed_sketch(model, sketch_tensor, device)
         options = explain.ExplainOptions(
             kind=args.kind, top=args.top, level=args.level,
             box=None if args.box is None else explain.parse_box(args.box),
             head=args.head, source=args.source, k=args.k,
         )
-        inputs = explain.ExplainInputs(model, device, index, search.tensor_to_image(sketch_tensor),
+        inputs = explain.ExplainInputs(model, device, index, preprocess.to_image(sketch_tensor),
                                        embedding.tokens, args.image_id, record)
         explanation = explain.explain(inputs, explain.check_options(options, model))
         # Rendered while the index is open: a PNG may read photos through it.

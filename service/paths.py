@@ -10,29 +10,29 @@ import os
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from service.errors import ApiError
+from service.errors import ForbiddenError, InvalidInputError
 
 
 def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exist: bool = True) -> Path:
     """Resolve a client-supplied path against the data roots.
 
     raw: absolute, or relative to a data root (the first root in which it exists, else the first).
-    Raises ApiError: 400 for malformed paths, `..` or (with must_exist) a missing path; 403 when no
-    root is configured or the real path escapes every root.
+    Raises InvalidInputError for malformed paths, `..` or (with must_exist) a missing path;
+    ForbiddenError when no root is configured or the real path escapes every root.
     """
     if not raw or "\x00" in raw:
-        raise ApiError(400, "invalid_path", f"{field}: empty or malformed path", field=field)
+        raise InvalidInputError("invalid_path", f"{field}: empty or malformed path", field=field)
     if ".." in PurePosixPath(raw.replace("\\", "/")).parts:
-        raise ApiError(400, "invalid_path", f"{field}: '..' is not allowed in paths", field=field)
+        raise InvalidInputError("invalid_path", f"{field}: '..' is not allowed in paths", field=field)
     if not roots:
-        raise ApiError(403, "no_data_roots", f"{field}: no data roots are configured (set SBIR_DATA_ROOTS)",
-                       field=field)
+        raise ForbiddenError("no_data_roots", f"{field}: no data roots are configured (set SBIR_DATA_ROOTS)",
+                             field=field)
     real_roots = _real_paths(roots)
     try:
         candidate = Path(raw).expanduser()
     except RuntimeError:  # '~name' of a user this machine does not know
-        raise ApiError(400, "invalid_path", f"{field}: {raw!r} names an unknown home directory",
-                       field=field) from None
+        raise InvalidInputError("invalid_path", f"{field}: {raw!r} names an unknown home directory",
+                                field=field) from None
     if candidate.is_absolute():
         candidates = [candidate]
     else:
@@ -41,14 +41,14 @@ def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exi
         chosen = next((path for path in candidates if path.exists()), candidates[0])
         real = Path(os.path.realpath(chosen))
         if not _inside(real, real_roots):
-            raise ApiError(403, "path_outside_data_roots",
-                           f"{field}: {raw!r} is outside the configured data roots", field=field)
+            raise ForbiddenError("path_outside_data_roots",
+                                 f"{field}: {raw!r} is outside the configured data roots", field=field)
         exists = real.exists()
     except OSError as error:  # e.g. a name too long for the file system (ENAMETOOLONG)
-        raise ApiError(400, "invalid_path", f"{field}: unusable path ({error.strerror or error})",
-                       field=field) from None
+        raise InvalidInputError("invalid_path", f"{field}: unusable path ({error.strerror or error})",
+                                field=field) from None
     if must_exist and not exists:
-        raise ApiError(400, "path_not_found", f"{field}: {raw!r} does not exist", field=field)
+        raise InvalidInputError("path_not_found", f"{field}: {raw!r} does not exist", field=field)
     return real
 
 

@@ -2,7 +2,8 @@
 
 Order of checks, cheapest first: the request body size (middleware below, before the multipart
 parser spools anything big), the file size, the format and pixel count read from the header, and
-only then the decode. Every refusal is an `ApiError` with its status.
+only then the decode. Every refusal is a domain error (`service.errors`): `TooLargeError`,
+`UnsupportedMediaTypeError` or `InvalidInputError`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ApiError, error_response
+from service.errors import (
+    CarriedServiceError,
+    InvalidInputError,
+    TooLargeError,
+    UnsupportedMediaTypeError,
+    service_error_response,
+)
 
 # Formats a sketch may arrive in; anything else is refused as unsupported media.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -21,8 +28,8 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 MULTIPART_OVERHEAD = 64 * 1024
 
 
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, "upload_too_large", f"the upload is larger than the limit of {limit} bytes")
+def too_large(limit: int) -> TooLargeError:
+    return TooLargeError("upload_too_large", f"the upload is larger than the limit of {limit} bytes")
 
 
 class BodySizeLimitMiddleware:
@@ -42,8 +49,7 @@ class BodySizeLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            error = too_large(self.max_body_bytes)
-            await error_response(error.status_code, error.code, error.message, {"Connection": "close"})(
+            await service_error_response(too_large(self.max_body_bytes), {"Connection": "close"})(
                 scope, receive, send
             )
             return
@@ -57,9 +63,9 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    # FastAPI re-raises HTTPExceptions from body parsing, so the app's handler
-                    # renders this; the except below covers the rest.
-                    raise too_large(self.max_body_bytes)
+                    # FastAPI re-raises HTTPExceptions from body parsing (anything else becomes
+                    # a 400), so the app's handler renders this; the except below covers the rest.
+                    raise CarriedServiceError(too_large(self.max_body_bytes))
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -70,10 +76,10 @@ class BodySizeLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except ApiError as error:
-            if response_started or error.status_code != 413:
+        except CarriedServiceError as carried:
+            if response_started or not isinstance(carried.error, TooLargeError):
                 raise
-            await error_response(error.status_code, error.code, error.message)(scope, receive, send)
+            await service_error_response(carried.error)(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -96,8 +102,9 @@ def decode_sketch(data: bytes, *, max_pixels: int, shrink: bool = True) -> Image
     pixels to float (a 25 Mpx upload peaked at ~600 MB that way), and the full-size decode is freed
     when this returns. shrink=False: always the full decode (the benchmark's "before").
 
-    Raises ApiError: 415 not an accepted image format, 413 more than `max_pixels` pixels (checked
-    from the header, before any pixel is decoded), 400 corrupt or truncated data.
+    Raises UnsupportedMediaTypeError: not an accepted image format; TooLargeError: more than
+    `max_pixels` pixels (checked from the header, before any pixel is decoded); InvalidInputError:
+    corrupt or truncated data.
     """
     try:
         with warnings.catch_warnings():
@@ -107,15 +114,15 @@ def decode_sketch(data: bytes, *, max_pixels: int, shrink: bool = True) -> Image
     except Image.DecompressionBombError as error:
         raise _too_many_pixels(max_pixels) from error
     except UnidentifiedImageError as error:
-        raise ApiError(
-            415, "unsupported_media_type", "the sketch is not a PNG, JPEG or WebP image"
+        raise UnsupportedMediaTypeError(
+            "unsupported_media_type", "the sketch is not a PNG, JPEG or WebP image"
         ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise _undecodable(error) from error
 
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise ApiError(400, "undecodable_image", "the image has no pixels")
+        raise InvalidInputError("undecodable_image", "the image has no pixels")
     if width * height > max_pixels:
         raise _too_many_pixels(max_pixels, width, height)
     try:
@@ -134,10 +141,10 @@ def decode_sketch(data: bytes, *, max_pixels: int, shrink: bool = True) -> Image
     return image
 
 
-def _too_many_pixels(max_pixels: int, width: int | None = None, height: int | None = None) -> ApiError:
+def _too_many_pixels(max_pixels: int, width: int | None = None, height: int | None = None) -> TooLargeError:
     size = f" ({width}x{height})" if width is not None else ""
-    return ApiError(413, "too_many_pixels", f"the image{size} has more than the limit of {max_pixels} pixels")
+    return TooLargeError("too_many_pixels", f"the image{size} has more than the limit of {max_pixels} pixels")
 
 
-def _undecodable(error: BaseException) -> ApiError:
-    return ApiError(400, "undecodable_image", f"the image cannot be decoded: {error}")
+def _undecodable(error: BaseException) -> InvalidInputError:
+    return InvalidInputError("undecodable_image", f"the image cannot be decoded: {error}")

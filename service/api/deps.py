@@ -11,16 +11,10 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from service.engine import SearchEngine
-from service.errors import ApiError
+from service.errors import ForbiddenError, UnauthorizedError
 from service.jobs import JobManager
 from service.service_metrics import ServiceMetrics
-from service.settings import Settings
-
-# Hard caps of the API, whatever the settings say.
-K_LIMIT = 200
-SHORTLIST_LIMIT = 2000
-DEFAULT_K = 20
-DEFAULT_SHORTLIST = 100
+from service.settings import DEFAULT_K, DEFAULT_SHORTLIST, K_LIMIT, SHORTLIST_LIMIT, Settings
 
 
 def get_settings(request: Request) -> Settings:
@@ -52,16 +46,15 @@ def require_admin(
     """Guard of the state-changing endpoints: 403 when no token is configured (disabled, never
     open), 401 without a bearer token, 403 with a wrong one. The token is never logged."""
     if settings.admin_token is None:
-        raise ApiError(403, "admin_disabled",
-                       "state-changing endpoints are disabled: the server has no SBIR_ADMIN_TOKEN")
+        raise ForbiddenError("admin_disabled",
+                             "state-changing endpoints are disabled: the server has no SBIR_ADMIN_TOKEN")
     scheme, _, presented = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
-        raise ApiError(401, "unauthorized", "this endpoint needs 'Authorization: Bearer <admin token>'",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise UnauthorizedError("unauthorized", "this endpoint needs 'Authorization: Bearer <admin token>'")
     expected = settings.admin_token.get_secret_value().encode()
     # Bytes, so non-ASCII input cannot raise; compare_digest so timing does not leak the token.
     if not hmac.compare_digest(presented.strip().encode(), expected):
-        raise ApiError(403, "forbidden", "the admin token is not valid")
+        raise ForbiddenError("forbidden", "the admin token is not valid")
 
 
 AdminDep = Depends(require_admin)

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.errors import CliError
+from models.errors import CliError, SbirError
+from service.errors import InvalidParameterError, NotSupportedError
 from service.explain_cli import register
-from tests.service.conftest import Workspace, client, served, sketch_png, workspace  # noqa: F401  (fixtures)
+from tests.support.datasets import Workspace
+from tests.support.images import sketch_png
 
 
 def run(argv: list[str]) -> int:
@@ -32,13 +34,13 @@ def sketch_file(tmp_path_factory) -> Path:
     return path
 
 
-def common(workspace: Workspace, sketch_file: Path) -> list[str]:  # noqa: F811
+def common(workspace: Workspace, sketch_file: Path) -> list[str]:
     return [str(sketch_file), "--index", str(workspace.index_dir), "--checkpoint", str(workspace.checkpoint),
             "--image-id", "3", "--device", "cpu"]
 
 
 @pytest.mark.parametrize("kind", ["correspondence", "attention", "influence", "synthesis"])
-def test_png_and_json_for_every_kind(workspace, sketch_file, tmp_path, kind):  # noqa: F811
+def test_png_and_json_for_every_kind(workspace, sketch_file, tmp_path, kind):
     assert run([*common(workspace, sketch_file), "--kind", kind, "--out", str(tmp_path / "why.png")]) == 0
     image = Image.open(tmp_path / "why.png")
     assert image.format == "PNG" and image.size == (480, 224)
@@ -47,7 +49,7 @@ def test_png_and_json_for_every_kind(workspace, sketch_file, tmp_path, kind):  #
     assert body["kind"] == kind and body["image_id"] == 3 and body["query_id"] is None
 
 
-def test_json_equals_the_api(workspace, sketch_file, tmp_path, client):  # noqa: F811
+def test_json_equals_the_api(workspace, sketch_file, tmp_path, client):
     out = tmp_path / "why.out"
     assert run([*common(workspace, sketch_file), "--kind", "correspondence", "--level", "token",
                 "--box", "0,0,112,112", "--format", "json", "--out", str(out)]) == 0
@@ -59,18 +61,21 @@ def test_json_equals_the_api(workspace, sketch_file, tmp_path, client):  # noqa:
     np.testing.assert_allclose(body["kernel"], api["kernel"], atol=1e-6)
 
 
-def test_user_errors_are_cli_errors(workspace, sketch_file, tmp_path):  # noqa: F811
+def test_user_errors_are_one_line_domain_errors(workspace, sketch_file, tmp_path):
+    # The command's own CliErrors and the explanation's domain errors: `sbir` prints any SbirError as
+    # one line (exit 2).
     base = common(workspace, sketch_file)
     cases = [
-        ([*base[:-4], "--image-id", "99", "--device", "cpu"], "image 99 is not in index"),
-        ([*base, "--kind", "synthesis", "--source", "gallery"], "no patch index"),
-        ([*base, "--box", "1,2,3"], "box"),
-        ([*base, "--top", "50"], "top"),
-        ([str(tmp_path / "missing.png"), *base[1:]], "sketch not found"),
+        ([*base[:-4], "--image-id", "99", "--device", "cpu"], CliError, "image 99 is not in index"),
+        ([*base, "--kind", "synthesis", "--source", "gallery"], NotSupportedError, "no patch index"),
+        ([*base, "--box", "1,2,3"], InvalidParameterError, "box"),
+        ([*base, "--top", "50"], InvalidParameterError, "top"),
+        ([str(tmp_path / "missing.png"), *base[1:]], CliError, "sketch not found"),
     ]
-    for argv, message in cases:
-        with pytest.raises(CliError, match=message):
+    for argv, error_type, message in cases:
+        with pytest.raises(error_type, match=message) as caught:
             run([*argv, "--out", str(tmp_path / "x.json")])
+        assert isinstance(caught.value, SbirError) and "\n" not in str(caught.value)
     assert not (tmp_path / "x.json").exists()
 
 

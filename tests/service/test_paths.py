@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from service.errors import ApiError
+from service.errors import ServiceError, http_status
 from service.paths import resolve_under_roots
 
 
@@ -21,9 +21,9 @@ def roots(tmp_path):
 
 
 def status(raw, roots, **kwargs):
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ServiceError) as caught:
         resolve_under_roots(raw, roots, "gallery", **kwargs)
-    return caught.value.status_code, caught.value.code, caught.value.field
+    return http_status(caught.value)[0], caught.value.code, caught.value.field
 
 
 def test_relative_paths_resolve_in_the_root_that_has_them(roots):

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from service.api.deps import AdminDep, EngineDep, JobsDep, SettingsDep
 from service.api.schemas import ErrorResponse, EvaluateCreate, JobPublic
-from service.errors import ApiError
+from service.errors import InvalidParameterError
 from service.paths import resolve_under_roots
 
 router = APIRouter(tags=["evaluation"])
@@ -27,10 +27,10 @@ def start_evaluation(body: EvaluateCreate, response: Response, jobs: JobsDep, en
     if body.checkpoint is not None:
         checkpoint = str(resolve_under_roots(body.checkpoint, settings.data_roots, "checkpoint"))
     elif engine.model is not None:
-        checkpoint = str(engine.model.checkpoint)
+        checkpoint = str(engine.model.path)
     else:
-        raise ApiError(422, "checkpoint_required", "checkpoint: no model is being served, so name one",
-                       field="checkpoint")
+        raise InvalidParameterError("checkpoint_required", "checkpoint: no model is being served, so name one",
+                                    field="checkpoint")
     unseen = None if body.unseen is None else str(resolve_under_roots(body.unseen, settings.data_roots, "unseen"))
     job = jobs.submit("evaluate", {
         "dataset": body.dataset, "root": str(root), "checkpoint": checkpoint, "retrieval": body.retrieval,

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from service.api.deps import EngineDep, MetricsDep
 from service.api.schemas import ErrorResponse, HealthResponse, IndexSummary, ReadyResponse
-from service.errors import ApiError
+from service.errors import NotReadyError
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
@@ -24,7 +24,7 @@ def readyz(engine: EngineDep) -> ReadyResponse:
     model, summary = engine.model, engine.index_summary()
     if model is None or summary is None:
         reasons = engine.not_ready_reasons() or ["the model or index is not loaded"]
-        raise ApiError(503, "not_ready", "; ".join(reasons), headers={"Retry-After": "5"})
+        raise NotReadyError("not_ready", "; ".join(reasons))
     return ReadyResponse(model=model.name, family=model.family, device=str(model.device),
                          index=IndexSummary(name=summary[0], size=summary[1]))
 

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, Response
 from service.api.deps import EngineDep, SettingsDep
 from service.api.schemas import ErrorResponse
 from service.engine import lookup_record
-from service.errors import ApiError
+from service.errors import InvalidParameterError, NotFoundError, StoredDataError
 
 router = APIRouter(tags=["images"])
 
@@ -37,13 +37,13 @@ def get_image(
     Only ids of the served index resolve: the path comes from the index, never from the client.
     """
     if size is not None and size > settings.thumbnail_max:
-        raise ApiError(422, "validation_error", f"size: Input should be less than or equal to {settings.thumbnail_max}",
-                       field="size")
+        raise InvalidParameterError("validation_error",
+                                    f"size: Input should be less than or equal to {settings.thumbnail_max}", field="size")
     with engine.lease() as lease:
         record = lookup_record(lease.index, image_id)
     path = FilePath(record.path)
     if not path.is_file():
-        raise ApiError(404, "image_file_missing", f"the file of image {image_id} is no longer on disk")
+        raise NotFoundError("image_file_missing", f"the file of image {image_id} is no longer on disk")
     headers = {"Cache-Control": "private, max-age=3600"}
     if size is None:
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -52,13 +52,13 @@ def get_image(
 
 
 def _thumbnail(path: FilePath, size: int, image_id: int) -> bytes:
-    from service.search import load_photo
+    from models.preprocess import load_rgb
 
     try:
-        photo = load_photo(path)
+        photo = load_rgb(path)
     except (OSError, SyntaxError, ValueError) as error:
         # The gallery file went bad after indexing: a server-side data problem, said plainly.
-        raise ApiError(500, "image_unreadable", f"the file of image {image_id} cannot be decoded") from error
+        raise StoredDataError("image_unreadable", f"the file of image {image_id} cannot be decoded") from error
     photo.thumbnail((size, size))
     buffer = io.BytesIO()
     photo.save(buffer, format="JPEG", quality=85)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from service.api.deps import AdminDep, EngineDep, JobsDep, SettingsDep
 from service.api.schemas import ErrorResponse, IndexBuildCreate, IndexPublic, JobPublic
-from service.errors import ApiError
+from service.errors import ConflictError, NotReadyError
 from service.paths import resolve_under_roots
 
 router = APIRouter(prefix="/index", tags=["indexes"])
@@ -18,7 +18,7 @@ def current_index(engine: EngineDep) -> IndexPublic:
         index = lease.index
         return IndexPublic(
             name=str(index.name), size=len(index), has_tokens=bool(index.has_tokens), model=lease.model.name,
-            checkpoint_hash=lease.model.checkpoint_hash, manifest=dict(index.manifest),
+            checkpoint_hash=lease.model.sha256, manifest=dict(index.manifest),
         )
 
 
@@ -36,18 +36,18 @@ def build_index(body: IndexBuildCreate, response: Response, engine: EngineDep, j
     gallery = resolve_under_roots(body.gallery, settings.data_roots, "gallery")
     model = engine.model
     if model is None:
-        raise ApiError(503, "not_ready", "no model is loaded; indexes are built with the served checkpoint")
+        raise NotReadyError("not_ready", "no model is loaded; indexes are built with the served checkpoint")
     build_root = settings.build_root()
     if build_root is None:
-        raise ApiError(409, "no_index_root", "the server has nowhere to write indexes: set SBIR_INDEX_ROOT")
+        raise ConflictError("no_index_root", "the server has nowhere to write indexes: set SBIR_INDEX_ROOT")
     out = build_root / body.name
     if out.exists():
-        raise ApiError(409, "index_exists", f"an index named {body.name!r} already exists", field="name")
+        raise ConflictError("index_exists", f"an index named {body.name!r} already exists", field="name")
     for job in jobs.store.list(kind="index_build", limit=500):
         if not job.finished and job.params.get("name") == body.name:
-            raise ApiError(409, "index_exists", f"job {job.id} is already building {body.name!r}", field="name")
+            raise ConflictError("index_exists", f"job {job.id} is already building {body.name!r}", field="name")
     job = jobs.submit("index_build", {
-        "gallery": str(gallery), "checkpoint": str(model.checkpoint), "out": str(out), "name": body.name,
+        "gallery": str(gallery), "checkpoint": str(model.path), "out": str(out), "name": body.name,
         "index_type": body.index_type, "tokens": body.tokens, "device": settings.device, "activate": body.activate,
         # A manifest under a data root may still name photos elsewhere: the job checks every item.
         "data_roots": [str(root) for root in settings.data_roots],

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 
 from service.api.deps import AdminDep, JobsDep
 from service.api.schemas import ErrorResponse, JobKind, JobList, JobPublic, JobState
-from service.errors import ApiError
+from service.errors import ConflictError, NotFoundError
 from service.jobs import JobFinishedError
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -32,7 +32,7 @@ def get_job(job_id: JobId, jobs: JobsDep) -> JobPublic:
     """State, progress in [0, 1], the last lines of its log, and its result or error."""
     job = jobs.store.get(job_id)
     if job is None:
-        raise ApiError(404, "unknown_job", f"job {job_id!r} does not exist")
+        raise NotFoundError("unknown_job", f"job {job_id!r} does not exist")
     return JobPublic.from_job(job)
 
 
@@ -47,7 +47,7 @@ def cancel_job(job_id: JobId, jobs: JobsDep) -> JobPublic:
     try:
         job = jobs.cancel(job_id)
     except KeyError as error:
-        raise ApiError(404, "unknown_job", f"job {job_id!r} does not exist") from error
+        raise NotFoundError("unknown_job", f"job {job_id!r} does not exist") from error
     except JobFinishedError as error:
-        raise ApiError(409, "job_finished", str(error)) from error
+        raise ConflictError("job_finished", str(error)) from error
     return JobPublic.from_job(job)

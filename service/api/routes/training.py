@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 
 from service.api.deps import AdminDep, JobsDep, SettingsDep
 from service.api.schemas import ErrorResponse, JobPublic, TrainCreate
-from service.errors import ApiError
+from service.errors import InvalidParameterError
 from service.paths import resolve_under_roots
 
 router = APIRouter(tags=["training"])
@@ -39,7 +39,7 @@ def start_training(body: TrainCreate, response: Response, jobs: JobsDep, setting
     try:
         checked = config_from_dict({**config, "resume": body.resume}, source="config")
     except ConfigError as error:
-        raise ApiError(422, "invalid_config", str(error), field="config") from None
+        raise InvalidParameterError("invalid_config", str(error), field="config") from None
     params = {"config": checked.to_dict(), "device": settings.device}
     job = jobs.submit("train", params)
     response.headers["Location"] = f"/jobs/{job.id}"
@@ -47,7 +47,7 @@ def start_training(body: TrainCreate, response: Response, jobs: JobsDep, setting
 
 
 def confine_config_paths(config: dict[str, Any], roots: Any) -> dict[str, Any]:
-    """A copy of `config` with every path resolved under the data roots (ApiError naming the key)."""
+    """A copy of `config` with every path resolved under the data roots (a path error names the key)."""
     confined: dict[str, Any] = {key: (dict(value) if isinstance(value, dict) else value)
                                 for key, value in config.items()}
     for keys, must_exist in _CONFIG_PATHS:
