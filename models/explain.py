@@ -89,7 +89,7 @@ class Correspondence:
     cells without a box) that hold a token, each with its best photo cell among those that hold one.
     """
 
-    level: str
+    level: Level
     grid: int
     similarity: torch.Tensor
     sketch_cells: torch.Tensor
@@ -105,7 +105,7 @@ def correspondence(
     sketch_kept: torch.Tensor | None = None,
     photo_kept: torch.Tensor | None = None,
     *,
-    level: str = "anchor",
+    level: Level = "anchor",
     box: Sequence[float] | None = None,
 ) -> Correspondence:
     """Cosine correspondence of one sketch-photo pair after cross-attention.

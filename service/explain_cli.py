@@ -2,8 +2,8 @@
 explanations of GET /explain for a sketch file, without a server.
 
 Registration imports nothing heavy; the handler loads the model and the index when it runs. The
-explanation's domain errors (options that do not fit, no patch index) print as one line, as every
-SbirError.
+explanation goes through the route's own pieces (`service.explain`), so the JSON is the API's; its
+domain errors (an unknown image id, options that do not fit) print as one line, as every SbirError.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-KINDS = ("correspondence", "attention", "influence", "synthesis")
+from service.explain_kinds import KINDS, SOURCES
 
 
 def register(subparsers: Any) -> None:
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
                         help="correspondence: sketch region in pixels of the 224x224 sketch")
     parser.add_argument("--head", type=int, default=None, help="attention PNG: head to draw (default: mean)")
-    parser.add_argument("--source", choices=("retrieved", "gallery"), default="retrieved",
+    parser.add_argument("--source", choices=SOURCES, default="retrieved",
                         help="synthesis: patches from the top retrieved photos, or the gallery's patch index")
     parser.add_argument("--k", type=int, default=5, help="synthesis from the gallery: patches averaged")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
@@ -65,6 +65,7 @@ def _compute(args: argparse.Namespace, fmt: str) -> bytes:
         raise CliError(f"sketch not found: {args.sketch}")
     if not args.checkpoint.is_file():
         raise CliError(f"checkpoint not found: {args.checkpoint}")
+    box = None if args.box is None else explain.parse_box(args.box)
     try:
         loaded = models.load(args.checkpoint, args.device)
         device, model = loaded.device, loaded.model
@@ -72,24 +73,17 @@ def _compute(args: argparse.Namespace, fmt: str) -> bytes:
     except (RuntimeError, ValueError, indexer.IndexerError) as error:
         raise CliError(str(error).splitlines()[0]) from None
     with index:
-        if not retrieval.can_rerank(model):
-            raise CliError(f"{model.config.name} has no token correspondence to explain (ZSE models only)")
-        try:
-            record = index.record(args.image_id)
-        except KeyError:
-            raise CliError(f"image {args.image_id} is not in index {index.name!r}") from None
         try:
             sketch_tensor = preprocess.sketch(preprocess.load_rgb(args.sketch))
         except (OSError, SyntaxError, ValueError) as error:
             raise CliError(f"cannot read the sketch {args.sketch}: {error}") from None
         embedding = retrieval.embed_sketch(model, sketch_tensor, device)
-        options = explain.ExplainOptions(
-            kind=args.kind, top=args.top, level=args.level,
-            box=None if args.box is None else explain.parse_box(args.box),
-            head=args.head, source=args.source, k=args.k,
-        )
-        inputs = explain.ExplainInputs(model, device, index, preprocess.to_image(sketch_tensor),
-                                       embedding.tokens, args.image_id, record)
+        inputs = explain.pair_inputs(model, device, index, preprocess.to_image(sketch_tensor), embedding.tokens,
+                                     args.image_id)
+        options = explain.ExplainOptions(kind=args.kind, top=args.top, level=args.level, box=box, head=args.head,
+                                         source=args.source, k=args.k)
         explanation = explain.explain(inputs, explain.check_options(options, model))
         # Rendered while the index is open: a PNG may read photos through it.
-        return explanation.render() if fmt == "png" else (json.dumps(explanation.body) + "\n").encode()
+        if fmt == "png":
+            return explanation.render()
+        return (json.dumps(explanation.body.model_dump(mode="json")) + "\n").encode()

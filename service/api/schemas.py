@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.explain_kinds import Source
 from service.jobs import Job
+from training.datasets import DatasetName
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["index_build", "train", "evaluate"]
-DatasetName = Literal[
-    "sketchy25", "sketchy21", "tuberlin", "quickdraw", "qmul-chair", "qmul-shoe", "generic", "openmoji-demo"
-]
 Retrieval = Literal["ret", "rn", "two-stage"]
 TokenFormat = Literal["fp16", "int8", "none"]
 
@@ -84,6 +83,91 @@ class MatchedPairPublic(BaseModel):
     sketch_cell: GridCell
     photo_cell: GridCell
     score: float = Field(description="cosine similarity of the two anchors")
+
+
+# The bodies of GET /explain/{query_id}/{image_id} and of `sbir explain --format json`: what
+# `service.explain.explain` computes. Field order is the JSON's key order.
+
+
+class CorrespondenceExplanation(BaseModel):
+    kind: Literal["correspondence"] = "correspondence"
+    query_id: str | None
+    image_id: int
+    level: Literal["anchor", "token"] = Field(
+        description="anchor: the 7x7 kernel the relation network scores (cells are feature-map positions); "
+                    "token: cross-attention tokens on the 14x14 patch grid (cells are image regions)")
+    grid: int = Field(description="side of the grid: cell i is divmod(i, grid)")
+    box: list[float] | None = Field(description="the sketch region asked for, x0,y0,x1,y1 in 224x224 pixels")
+    region: list[GridCell] | None = Field(description="sketch cells the box covers")
+    pairs: list[MatchedPairPublic] = Field(description="each sketch cell's best photo cell, strongest first")
+    kernel: list[list[float]] = Field(description="[C, C] cosines: kernel[i][j] = cos(sketch cell i, photo cell j)")
+
+
+class AttentionSide(BaseModel):
+    ret_self: list[float] = Field(description="[H] attention of [Ret] to itself, per head")
+    maps: list[list[list[float]]] = Field(description="[H, G, G] attention of [Ret] to each patch; "
+                                                      "with ret_self, each head sums to 1")
+    mean: list[list[float]] = Field(description="[G, G] mean over heads")
+    selections: list[list[list[bool]]] = Field(description="[L, G, G] tokens kept after each selection layer")
+
+
+class AttentionExplanation(BaseModel):
+    kind: Literal["attention"] = "attention"
+    query_id: str | None
+    image_id: int
+    grid: int
+    heads: int
+    selection_layers: list[int] = Field(description="0-based blocks that selected tokens (empty: selection off)")
+    sketch: AttentionSide
+    photo: AttentionSide
+
+
+class InfluentialPair(BaseModel):
+    sketch_cell: GridCell
+    photo_cell: GridCell
+    cosine: float = Field(description="kernel entry of the pair")
+    score_without: float = Field(description="relation score with the pair removed")
+    drop_percent: float = Field(description="100 * (score - score_without) / score")
+
+
+class InfluenceExplanation(BaseModel):
+    kind: Literal["influence"] = "influence"
+    query_id: str | None
+    image_id: int
+    grid: int = Field(description="side of the anchor grid (7)")
+    relation_score: float
+    removal: str = Field(description="what removing a pair means")
+    pairs: list[InfluentialPair] = Field(description="the pairs whose removal lowers the score most, first")
+    drop_percent: list[list[float]] = Field(description="[A, A] drop in percent for every pair")
+
+
+class PatchMatch(BaseModel):
+    image_id: int
+    cell: GridCell
+    score: float = Field(description="cosine of the sketch and photo patch tokens")
+
+
+class PatchSource(BaseModel):
+    cell: GridCell
+    matches: list[PatchMatch] = Field(description="photo patches that replaced this sketch patch (empty: kept)")
+
+
+class SynthesisExplanation(BaseModel):
+    kind: Literal["synthesis"] = "synthesis"
+    query_id: str | None
+    image_id: int
+    source: Source
+    grid: int
+    patch_size: int
+    tokens: str
+    photos: list[int] | None = Field(description="source=retrieved: the photos patches were taken from")
+    k: int | None = Field(description="source=gallery: nearest patches averaged per sketch patch")
+    patch_index: str | None = Field(default=None, description="source=gallery: the patch index's FAISS type")
+    patches: list[PatchSource]
+
+
+ExplanationBody = CorrespondenceExplanation | AttentionExplanation | InfluenceExplanation | SynthesisExplanation
+AnyExplanation = Annotated[ExplanationBody, Field(discriminator="kind")]
 
 
 # Jobs --------------------------------------------------------------------------------------

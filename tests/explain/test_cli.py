@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from models.errors import CliError, SbirError
-from service.errors import InvalidParameterError, NotSupportedError
+from service.errors import InvalidParameterError, NotFoundError, NotSupportedError
 from service.explain_cli import register
 from tests.support.datasets import Workspace
 from tests.support.images import sketch_png
@@ -62,11 +62,10 @@ def test_json_equals_the_api(workspace, sketch_file, tmp_path, client):
 
 
 def test_user_errors_are_one_line_domain_errors(workspace, sketch_file, tmp_path):
-    # The command's own CliErrors and the explanation's domain errors: `sbir` prints any SbirError as
-    # one line (exit 2).
+    # The API's own domain errors, unchanged: `sbir` prints any SbirError as one line (exit 2).
     base = common(workspace, sketch_file)
     cases = [
-        ([*base[:-4], "--image-id", "99", "--device", "cpu"], CliError, "image 99 is not in index"),
+        ([*base[:-4], "--image-id", "99", "--device", "cpu"], NotFoundError, "image 99 is not in index"),
         ([*base, "--kind", "synthesis", "--source", "gallery"], NotSupportedError, "no patch index"),
         ([*base, "--box", "1,2,3"], InvalidParameterError, "box"),
         ([*base, "--top", "50"], InvalidParameterError, "top"),

@@ -12,9 +12,10 @@ from PIL import Image
 import indexer
 import models
 from models import preprocess
-from service.explain import PAIR_COLOURS, PNG_SIZE
+from service.explain_render import PAIR_COLOURS, PNG_SIZE
 from service.main import create_app
-from tests.service.conftest import assert_error, running, search, sketch_png
+from tests.support.api import assert_error, running, search
+from tests.support.images import sketch_png
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +187,7 @@ def test_synthesis_from_retrieved_photos(client, searched):
 @pytest.fixture(scope="module")
 def patch_client(workspace, tmp_path_factory):
     from service.settings import Settings
-    from tests.service.conftest import ADMIN_TOKEN
+    from tests.support.api import ADMIN_TOKEN
 
     state = tmp_path_factory.mktemp("patches")
     index_dir = indexer.build(workspace.gallery, workspace.checkpoint, state / "indexes" / "patches", device="cpu",
