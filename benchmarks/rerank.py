@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._report import finish, header, set_threads
+from models.device import autocast
 from models.fast_relation import PROJECTION_SOURCES
 
 DEFAULT_PAIRS = {"zse-tiny": 256, "zse-vit-b16": 16}
@@ -152,7 +153,7 @@ def variants(model: Any, sketch: Any, chunks: Sequence[int], compile_fast: bool,
 
     if bf16:
         def fast_bf16(tokens: torch.Tensor, kept: Any, chunk: int = max(chunks)) -> torch.Tensor:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast(torch.device("cpu"), torch.bfloat16):
                 scorer = RelationScorer(model, sketch.tokens, sketch.kept)
                 return chunked(scorer.score, tokens, kept, chunk)
 
