@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods.append(("untrained", ModelMethod("untrained", models.build_model("zse-tiny"), args.shortlist)))
     for spec in args.model:
         name, _, path = spec.partition("=")
-        methods.append((name, ModelMethod(name, models.load_checkpoint(path), args.shortlist)))
+        methods.append((name, ModelMethod(name, models.load(path, "cpu").model, args.shortlist)))
     report["methods"] = {}
     with tempfile.TemporaryDirectory() as scratch:
         doodles = doodle_samples(Path(scratch))

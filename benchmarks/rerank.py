@@ -235,7 +235,7 @@ def load_models(args: argparse.Namespace) -> list[Any]:
     import models
 
     if args.checkpoint is not None:
-        return [models.load_checkpoint(args.checkpoint).eval()]
+        return [models.load(args.checkpoint, "cpu").model]
     torch.manual_seed(0)
     return [models.build_model(name).eval() for name in args.models.split(",") if name.strip()]
 
