@@ -8,22 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import models
-from models import preprocess
 from models.config import ZSE_PRESETS
-from tests.service.conftest import draw_photo
-
-
-def photo_pixels(seed: int, label: str) -> np.ndarray:
-    """uint8 [224, 224, 3]: a drawn photo resized as `preprocess.photo` resizes it."""
-    return np.asarray(draw_photo(seed, label).resize((224, 224)), dtype=np.uint8)
-
-
-def as_input(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 [224, 224, 3] -> the model's input [1, 3, 224, 224]."""
-    return preprocess.normalize(pixels).unsqueeze(0)
+from tests.support.images import photo_pixels, sketch_image
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +36,4 @@ def pixels() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def sketch_pixels() -> np.ndarray:
-    image = Image.new("RGB", (224, 224), "white")
-    from PIL import ImageDraw
-
-    ImageDraw.Draw(image).ellipse([50, 50, 170, 170], outline="black", width=5)
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(sketch_image("circle", 224, box=(50, 50, 170, 170), width=5), dtype=np.uint8)

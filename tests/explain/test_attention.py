@@ -7,7 +7,7 @@ import math
 import torch
 
 from models.explain import attention_maps
-from tests.explain.conftest import as_input
+from tests.support.images import as_input
 
 
 def direct_ret_attention(model, images, modality):

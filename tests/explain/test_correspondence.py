@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.explain import box_cells, correspondence, patch_vectors
-from tests.explain.conftest import as_input
+from tests.support.images import as_input
 
 
 def encode(model, pixels, modality="photo"):

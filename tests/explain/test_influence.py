@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.explain import influence, pair_removal_scores
-from tests.explain.conftest import as_input
+from tests.support.images import as_input
 
 
 @pytest.fixture(scope="module")

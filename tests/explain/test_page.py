@@ -7,9 +7,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tests.service.conftest import sketch_png, workspace  # noqa: F401  (fixture)
-from tests.service.test_server import server  # noqa: F401  (fixture)
-from tests.web.test_page import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.images import sketch_png
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed")
 
@@ -30,7 +29,7 @@ def stable_box(page, selector):
     raise AssertionError(f"{selector} kept moving")
 
 
-def test_each_kind_a_dragged_region_and_errors(server, tmp_path):  # noqa: F811
+def test_each_kind_a_dragged_region_and_errors(server, tmp_path):
     playwright_api = pytest.importorskip("playwright.sync_api")
     base, _process, log_path = server
     upload = tmp_path / "sketch.png"

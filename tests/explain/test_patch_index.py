@@ -13,7 +13,7 @@ import indexer
 from indexer.patch_index import default_patch_factory
 from models.explain import image_patches, patch_vectors, synthesize_from_neighbours
 from service.cli import main
-from tests.service.conftest import Workspace, _write_gallery, workspace  # noqa: F401  (fixture)
+from tests.support.datasets import Workspace, write_gallery
 
 
 def files_pixels(index, image_ids):
@@ -25,7 +25,7 @@ def files_pixels(index, image_ids):
 
 
 @pytest.fixture(scope="module")
-def patch_index_dir(workspace: Workspace, tmp_path_factory):  # noqa: F811
+def patch_index_dir(workspace: Workspace, tmp_path_factory):
     out = tmp_path_factory.mktemp("patch") / "with-patches"
     return indexer.build(workspace.gallery, workspace.checkpoint, out, tokens="fp16", device="cpu", num_workers=0,
                          progress=False, patch_index=True)
@@ -71,12 +71,12 @@ def test_search_pads_when_fewer_than_k(patch_index_dir):
     assert (image_ids[0, :-3] >= 0).all()
 
 
-def test_ivf_pq_patch_index_and_add_extend_it(workspace: Workspace, tmp_path):  # noqa: F811
+def test_ivf_pq_patch_index_and_add_extend_it(workspace: Workspace, tmp_path):
     gallery = tmp_path / "gallery"
     shutil.copytree(workspace.gallery, gallery)
     out = indexer.build(gallery, workspace.checkpoint, tmp_path / "ivf", tokens="int8", device="cpu",
                         num_workers=0, progress=False, patch_index=True, patch_index_type="IVF8,PQ16")
-    _write_gallery(gallery / "new", 2, seed=50)
+    write_gallery(gallery / "new", 2, seed=50)
     indexer.add(out, gallery, workspace.checkpoint, device="cpu", num_workers=0, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["patch_index"]
@@ -94,7 +94,7 @@ def test_ivf_pq_patch_index_and_add_extend_it(workspace: Workspace, tmp_path):  
         np.testing.assert_array_equal(pixels.reshape(2, 196, 16, 16, 3), image_patches(files_pixels(index, new_ids), 14))
 
 
-def test_cli_flag_and_its_errors(workspace: Workspace, tmp_path, capsys):  # noqa: F811
+def test_cli_flag_and_its_errors(workspace: Workspace, tmp_path, capsys):
     common = ["--gallery", str(workspace.gallery_small), "--checkpoint", str(workspace.checkpoint), "--workers", "0",
               "--no-progress", "--device", "cpu"]
     assert main(["index", "build", *common, "--out", str(tmp_path / "a"), "--patch-index"]) == 0

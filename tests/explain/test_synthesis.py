@@ -12,7 +12,7 @@ from models.explain import (
     synthesize_from_neighbours,
     synthesize_from_photos,
 )
-from tests.explain.conftest import as_input
+from tests.support.images import as_input
 
 
 def tokens_of(model, pixels, modality="photo"):

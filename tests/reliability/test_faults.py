@@ -6,13 +6,10 @@ published."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,70 +20,21 @@ import pytest
 import indexer
 from service.jobs import RESTART_REASON
 from service.main import create_app
-from tests.service.conftest import ADMIN_TOKEN, auth, running, sketch_png, wait_for
-from tests.service.test_server import PROJECT_ROOT, free_port
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """relative path -> sha256 of every file under `folder`."""
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-class Server:
-    """`python -m service.cli serve` on a loopback port, over a state folder that outlives it."""
-
-    def __init__(self, workspace, state: Path) -> None:
-        self.workspace, self.state = workspace, state
-        self.process: subprocess.Popen | None = None
-        self.base = ""
-
-    def start(self, timeout: float = 120.0) -> httpx.Client:
-        port = free_port()
-        environment = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "SBIR_JOBS_DB": str(self.state / "jobs.sqlite3"),
-                       "SBIR_DATA_ROOTS": f'["{self.workspace.root}"]', "SBIR_ADMIN_TOKEN": ADMIN_TOKEN,
-                       "SBIR_DEVICE": "cpu", "SBIR_INDEX_ROOT": str(self.state / "indexes")}
-        log = open(self.state / "server.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--index", str(self.state / "indexes" / "main"),
-             "--checkpoint", str(self.workspace.checkpoint), "--port", str(port)],
-            cwd=self.state, env=environment, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, self.log()
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return httpx.Client(base_url=self.base, timeout=60)
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, self.log()
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log(self) -> str:
-        return (self.state / "server.log").read_text(errors="replace")
+from tests.support.api import auth, running, wait_for
+from tests.support.datasets import hash_tree as tree_digest
+from tests.support.datasets import write_generic_dataset
+from tests.support.images import sketch_png
+from tests.support.server import Server
 
 
 @pytest.fixture
 def server(workspace, tmp_path):
+    """A `Server` over a copy of the workspace's fp16 index (``tmp_path/indexes/main``), not yet started;
+    ``tmp_path`` is its state folder and SBIR_INDEX_ROOT."""
     (tmp_path / "indexes").mkdir()
     shutil.copytree(workspace.index_dir, tmp_path / "indexes" / "main")
-    started = Server(workspace, tmp_path)
+    started = Server(tmp_path, tmp_path / "indexes" / "main", workspace.checkpoint, workspace.root,
+                     index_root=tmp_path / "indexes")
     yield started
     started.stop()
 
@@ -197,8 +145,6 @@ def _events(run_dir: Path) -> list[dict]:
 
 def test_server_killed_during_training_then_the_resubmitted_job_resumes(server, workspace):
     import torch
-
-    from tests.service.test_jobs import write_generic_dataset
 
     dataset = f"generic-kill-{server.state.name}"
     write_generic_dataset(workspace.root / dataset)

@@ -8,7 +8,7 @@ import pytest
 import schemathesis
 
 from tests.reliability.fuzz_target import fuzz_app, fuzz_operation
-from tests.service.conftest import ADMIN_TOKEN, running
+from tests.support.api import ADMIN_TOKEN, running
 
 CASES_PER_OPERATION = 25
 

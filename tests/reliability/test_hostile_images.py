@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from service.main import create_app
-from tests.reliability import images
-from tests.service.conftest import assert_error, running
+from tests.support import images
+from tests.support.api import assert_error, running
 
 
 def post(client, payload: bytes, filename: str = "sketch.png", content_type: str = "image/png", **params):
@@ -39,10 +39,7 @@ def reference(served) -> dict[int, float]:
 
 
 def _rgba_on_transparent() -> Image.Image:
-    ink = images.drawing().convert("L").point(lambda value: 255 - value)  # ink -> opaque
-    layer = Image.new("RGBA", ink.size, (0, 0, 0, 0))
-    layer.putalpha(ink)
-    return layer
+    return images.transparent_paper(images.drawing())  # ink -> opaque
 
 
 def _palette() -> Image.Image:

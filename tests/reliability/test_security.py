@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from service.api import deps
 from service.main import create_app
 from service.settings import Settings
-from tests.reliability import images
-from tests.service.conftest import ADMIN_TOKEN, assert_error, auth, running, wait_for
+from tests.support import images
+from tests.support.api import ADMIN_TOKEN, assert_error, auth, running, wait_for
 
 UNKNOWN_JOB = "/jobs/00000000000000000000000000000000"
 

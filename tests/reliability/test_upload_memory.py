@@ -22,17 +22,13 @@ from PIL import Image, ImageDraw
 
 from models import preprocess
 from service.uploads import decode_sketch
+from tests.support.images import encode as png
+from tests.support.images import transparent_paper
 
 MAX_PIXELS = 25_000_000  # the service's default limit
 # A model-input pixel counts as ink below this (paper is 1.0, black -1.0). The reduced path averages
 # 2 x 2 darkest pixels, so a pixel behind which one of the four is black is 191/255 -> 0.498.
 INK_BELOW = 0.6
-
-
-def png(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def preprocessed(data: bytes, shrink: bool = True) -> torch.Tensor:
@@ -141,12 +137,6 @@ def canvas_drawing(size: tuple[int, int], box: tuple[int, int, int, int]) -> Ima
     draw.ellipse((left + 20, top + 20, right - 20, bottom - 20), outline=(40, 40, 40), width=2)
     draw.line((left, bottom, right, top), fill=(90, 60, 30), width=1)
     return image
-
-
-def transparent_paper(image: Image.Image) -> Image.Image:
-    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
-    layer.putalpha(image.convert("L").point(lambda value: 255 - value))
-    return layer
 
 
 def palette_with_transparent_white(image: Image.Image) -> Image.Image:

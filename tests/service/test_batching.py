@@ -16,7 +16,8 @@ from models import preprocess
 from service import search as stages
 from service.batching import DynamicBatcher
 from service.main import create_app
-from tests.service.conftest import running, search, sketch_png
+from tests.support.api import running, search
+from tests.support.images import sketch_png
 
 # Long enough that concurrent submissions always meet in one batch; a full batch does not wait for it.
 LONG_WAIT_S = 30.0

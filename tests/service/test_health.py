@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from service.engine import SearchEngine
 from service.main import create_app
-from tests.service.conftest import assert_error, running, search
+from tests.support.api import assert_error, running, search
 
 LINE = r'[a-z_]+(\{\w+="(?:[^"\\]|\\.)*"(?:,\w+="(?:[^"\\]|\\.)*")*\})? (?:[-+]?[0-9.e+-]+|\+Inf|NaN)'
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import indexer
-from tests.service.conftest import assert_error
+from tests.support.api import assert_error
 
 
 def test_original_photo_is_served_byte_for_byte(client, workspace):

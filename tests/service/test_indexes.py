@@ -11,8 +11,8 @@ import numpy as np
 import indexer
 from service.engine import SearchEngine
 from service.main import create_app
-from tests.service.conftest import assert_error, auth, running, search, sketch_png
-from tests.service.test_jobs import wait_for
+from tests.support.api import assert_error, auth, running, search, wait_for
+from tests.support.images import sketch_png
 
 
 def test_build_job_reports_progress_and_swaps_the_index_while_searches_go_on(make_settings, tmp_path):

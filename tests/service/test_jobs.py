@@ -9,7 +9,8 @@ import pytest
 
 from service.jobs import RESTART_REASON, JobManager, JobStore
 from service.main import create_app
-from tests.service.conftest import assert_error, auth, running, wait_for
+from tests.support.api import assert_error, auth, running, wait_for
+from tests.support.datasets import write_generic_dataset
 
 TEST_WORK = {
     "train": "tests.service.work_functions:slow",
@@ -126,19 +127,6 @@ def test_worker_does_not_inherit_the_admin_token(test_jobs_app, monkeypatch, wor
         job_id = client.post("/index/build", json=body, headers=auth()).json()["id"]
         job = wait_for(client, job_id, lambda j: j["state"] in ("succeeded", "failed"))
         assert job["result"]["admin_token_seen"] is None
-
-
-def write_generic_dataset(root, seed: int = 0) -> None:
-    """ROOT/sketch/<class>/*.png and ROOT/photo/<class>/*.png, paired by file stem."""
-    from tests.service.conftest import draw_photo, sketch_png
-
-    for number in range(8):
-        label = ("circle", "square", "triangle", "cross")[number % 4]
-        for part in ("sketch", "photo"):
-            (root / part / label).mkdir(parents=True, exist_ok=True)
-        shape = "circle" if label == "circle" else "square"
-        (root / "sketch" / label / f"{number}.png").write_bytes(sketch_png(shape, size=64))
-        draw_photo(seed + number, shape).save(root / "photo" / label / f"{number}.png")
 
 
 def test_train_and_evaluate_jobs_complete_through_the_api(make_settings, workspace):

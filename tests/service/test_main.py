@@ -7,7 +7,7 @@ import json
 from fastapi.testclient import TestClient
 
 from service.main import create_app, create_app_from_env
-from tests.service.conftest import running
+from tests.support.api import running
 
 
 def test_importing_the_service_builds_nothing():

@@ -14,7 +14,8 @@ import indexer
 import models
 from models import preprocess
 from service.main import create_app
-from tests.service.conftest import assert_error, running, search, sketch_png
+from tests.support.api import assert_error, running, search
+from tests.support.images import sketch_png
 
 
 @pytest.fixture(scope="module")

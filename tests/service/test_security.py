@@ -8,7 +8,7 @@ import os
 import pytest
 
 from service.main import create_app
-from tests.service.conftest import ADMIN_TOKEN, assert_error, running
+from tests.support.api import ADMIN_TOKEN, assert_error, running
 
 STATE_CHANGING = [
     ("post", "/index/build", {"gallery": "gallery-small", "name": "x"}),

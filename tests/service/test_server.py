@@ -1,68 +1,14 @@
-"""The real thing: `sbir serve` in its own process with uvicorn on a loopback port, over HTTP."""
+"""The real thing: `sbir serve` in its own process with uvicorn on a loopback port, over HTTP (the
+`server` fixture, tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.service.conftest import ADMIN_TOKEN, sketch_png
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def server(workspace, tmp_path):
-    port = free_port()
-    environment = {
-        **os.environ,
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "SBIR_JOBS_DB": str(tmp_path / "jobs.sqlite3"),
-        "SBIR_DATA_ROOTS": f'["{workspace.root}"]',
-        "SBIR_ADMIN_TOKEN": ADMIN_TOKEN,
-        "SBIR_DEVICE": "cpu",
-    }
-    log = open(tmp_path / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--index", str(workspace.index_dir),
-         "--checkpoint", str(workspace.checkpoint), "--port", str(port)],
-        cwd=tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.2)
-        yield base, process, tmp_path / "server.log"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+from tests.support.api import ADMIN_TOKEN
+from tests.support.images import sketch_png
 
 
 def test_sbir_serve_answers_over_http(server):

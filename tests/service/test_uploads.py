@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -12,17 +11,14 @@ from PIL import Image
 
 from service.main import create_app
 from service.uploads import decode_sketch
-from tests.service.conftest import assert_error, running, search, sketch_png
+from tests.support.api import assert_error, running, search
+from tests.support.images import png_chunk, sketch_png
 
 
 def forged_png_header(width: int, height: int) -> bytes:
     """A PNG signature + IHDR claiming width x height, with no pixel data behind it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
 
 
 def noise_png(size: int = 256) -> bytes:

@@ -6,7 +6,6 @@ The server listens on 127.0.0.1 (port 0) in a thread; nothing here touches the i
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.server import free_port
 from tools import audit_deps
 from tools.audit_deps import AllowlistError, audit, load_allowlist, main
 
@@ -103,10 +103,7 @@ def index_url() -> Iterator[str]:
 @pytest.fixture
 def dead_url() -> str:
     """A loopback port nobody listens on: connections are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def write_allow(tmp_path: Path, text: str) -> Path:

@@ -8,34 +8,20 @@ when no Chromium is installed.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import workspace  # noqa: F401  (fixture)
-from tests.service.test_server import server  # noqa: F401  (fixture)
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = os.environ.get("SBIR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT_DIR = Path(os.environ.get("SBIR_SCREENSHOT_DIR", Path(__file__).resolve().parents[2] / "results"))
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium installed (make test installs Debian's chromium with apt)"
 )
 
-# Flags for a sandbox without a display or network, run as root.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
-
-def test_draw_search_and_explain_in_a_real_browser(server, tmp_path):  # noqa: F811
+def test_draw_search_and_explain_in_a_real_browser(server, tmp_path):
     playwright_api = pytest.importorskip("playwright.sync_api")
     base, _process, log_path = server
     with playwright_api.sync_playwright() as playwright:
