@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,16 +71,58 @@ def _read(path: Path, map_location: Any) -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
 
 
+# What a file written by torch.save starts with: a zip archive (PyTorch >= 1.6) or a pickle (older).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _not_torch_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a file written by ``torch.save`` (empty, text, other bytes), or None."""
+    with open(path, "rb") as stream:
+        head = stream.read(512)
+    if not head:
+        return "the file is empty"
+    if head.startswith(_TORCH_MAGIC):
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and "\x00" not in text:
+        return "it is a text file"
+    return "it is not a file written by torch.save"
+
+
+def _reason(error: BaseException) -> str:
+    """One line for a torch.load failure, without torch's advice to load with weights_only=False
+    (which would let the file run code: never the right fix for a file one cannot vouch for)."""
+    text = str(error)
+    if "weights_only" in text or "Weights only load failed" in text:
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        found = f": {detail.group(1).strip()}" if detail else ""
+        return f"it holds Python objects other than tensors and plain values, which are not loaded{found}"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first.split(". ")[0].rstrip(".")
+
+
 def read_state(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
-    """Load the raw checkpoint object, turning every read failure into a CheckpointError."""
+    """Load the raw checkpoint object, turning every read failure into a one-line CheckpointError
+    (a text or empty file is "not a checkpoint")."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        return _read(path, map_location)
+        foreign = _not_torch_file(path)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({error.strerror or error})") from None
+    if foreign is not None:
+        raise CheckpointError(f"{path}: not a checkpoint ({foreign}; expected a file written by sbir train, "
+                              "sbir model convert or torch.save)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4"
+            return _read(path, map_location)
     except Exception as error:  # torch raises many types for truncated or foreign files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_reason(error)})") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> nn.Module:

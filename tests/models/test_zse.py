@@ -217,6 +217,28 @@ def test_truncated_checkpoint_is_a_clear_error(tiny: torch.nn.Module, tmp_path: 
         models.load_checkpoint(tmp_path / "absent.pt")
 
 
+def test_a_text_or_pickled_object_file_is_not_a_checkpoint_without_torchs_unsafe_advice(tmp_path: Path) -> None:
+    import pickle
+
+    text = tmp_path / "notes.txt"
+    text.write_text("these are my notes, not weights\n")
+    with pytest.raises(models.CheckpointError) as caught:
+        models.load_checkpoint(text)
+    message = str(caught.value)
+    assert message.startswith(f"{text}: not a checkpoint (it is a text file") and "\n" not in message
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(models.CheckpointError, match=r"empty\.pt: not a checkpoint \(the file is empty"):
+        models.load_checkpoint(tmp_path / "empty.pt")
+    # A pickle of arbitrary objects: refused, and the message never suggests weights_only=False.
+    pickled = tmp_path / "objects.pt"
+    pickled.write_bytes(pickle.dumps({"model": object()}, protocol=2))
+    with pytest.raises(models.CheckpointError) as caught:
+        models.load_checkpoint(pickled)
+    message = str(caught.value)
+    assert "objects.pt: not a readable checkpoint (it holds Python objects" in message
+    assert "weights_only" not in message and "\n" not in message
+
+
 def test_mismatched_reference_checkpoints_name_the_keys(tiny: torch.nn.Module, tmp_path: Path) -> None:
     state = reference_format(tiny)
     missing = dict(state)
