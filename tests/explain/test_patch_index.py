@@ -18,9 +18,9 @@ from tests.support.datasets import Workspace, write_gallery
 
 def files_pixels(index, image_ids):
     """uint8 [len, 224, 224, 3]: the photos' files resized as the model saw them."""
-    from service.search import load_photo
+    from models.preprocess import load_rgb
 
-    return np.stack([np.asarray(load_photo(index.record(i).path).resize((224, 224)), dtype=np.uint8)
+    return np.stack([np.asarray(load_rgb(index.record(i).path).resize((224, 224)), dtype=np.uint8)
                      for i in image_ids])
 
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import models
+from indexer import retrieval as stages
 from models import preprocess
-from service import search as stages
 from service.batching import DynamicBatcher
 from service.main import create_app
 from tests.support.api import running, search
