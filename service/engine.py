@@ -77,6 +77,7 @@ class SearchOutcome:
     index_size: int
     records: dict[int, Any]  # image_id -> ImageRecord, read while the lease was held
     timings_ms: dict[str, float] = field(default_factory=dict)
+    paths: dict[int, str] = field(default_factory=dict)  # image_id -> path relative to its gallery root
 
 
 class SearchEngine:
@@ -275,11 +276,12 @@ class SearchEngine:
             timings["rerank"] = _elapsed_ms(started) if use_relation else 0.0
 
             records = {hit.image_id: lease.index.record(hit.image_id) for hit in hits}
+            paths = {image_id: gallery_path(lease.index, record) for image_id, record in records.items()}
             query_id = uuid.uuid4().hex
             self.queries.put(query_id, QueryRecord(preprocess.to_image(sketch_tensor), embedding.tokens))
             return SearchOutcome(query_id=query_id, hits=hits, reranked=use_relation, shortlist_size=len(short.ids),
                                  index_name=str(lease.index.name), index_size=len(lease.index), records=records,
-                                 timings_ms=timings)
+                                 timings_ms=timings, paths=paths)
 
     def _embed(self, model: LoadedModel, sketch_tensor: Any) -> Any:
         """One preprocessed sketch [3, H, W] -> SketchEmbedding, batched with concurrent searches
@@ -308,6 +310,19 @@ def lookup_record(index: Any, image_id: int) -> Any:
         return index.record(image_id)
     except (KeyError, IndexError) as error:
         raise NotFoundError("unknown_image", f"image {image_id} is not in index {index.name!r}") from error
+
+
+def gallery_path(index: Any, record: Any) -> str:
+    """`record.path` relative to the root of the gallery its id was added from (the manifest's
+    `galleries` entries, one per build or add); a photo outside that root (a manifest naming files
+    elsewhere) keeps its absolute path."""
+    path = Path(record.path)
+    for gallery in index.manifest.get("galleries") or ():
+        first, last, root = gallery.get("first_id"), gallery.get("last_id"), gallery.get("root")
+        if root is None or first is None or last is None or not int(first) <= int(record.id) <= int(last):
+            continue
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    return str(path)
 
 
 def _elapsed_ms(started: float) -> float:

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # Security: no token means the state-changing endpoints are disabled, never open.
     admin_token: SecretStr | None = None
 
+    # What responses show.
+    show_paths: bool = Field(True, description="search results carry each photo's path relative to its gallery root")
+
     # Limits on what a request may ask for.
     max_upload_bytes: int = Field(10 * MIB, ge=1024)
     max_pixels: int = Field(25_000_000, ge=1, description="width*height above this is refused before decoding")

@@ -40,6 +40,10 @@ class ErrorResponse(BaseModel):
 class SearchResult(BaseModel):
     rank: int = Field(description="1-based position in the final order")
     image_id: int
+    key: str | None = Field(description="the gallery's own identifier: the manifest's id, else the path "
+                                        "relative to the gallery root")
+    path: str | None = Field(description="the photo's path relative to its gallery root (absolute when it lies "
+                                         "outside it); null when the server hides paths (SBIR_SHOW_PATHS=false)")
     label: str | None
     metadata: dict[str, Any]
     ann_score: float = Field(description="inner product of the [Ret] embeddings from the ANN index")

@@ -9,7 +9,8 @@ from fastapi import APIRouter, File, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import EngineDep, MetricsDep, SearchParamsDep, SettingsDep
-from service.api.schemas import ErrorResponse, IndexSummary, SearchResponse, SearchResult, SearchTimings
+from service.api.schemas import ErrorResponse, IndexSummary, SearchResponse, SearchTimings
+from service.results import search_results
 from service.uploads import decode_sketch, too_large
 
 router = APIRouter(tags=["search"])
@@ -46,14 +47,8 @@ async def search(
         metrics.search_stage_seconds.observe(value / 1000.0, stage=stage)
     metrics.search_results.inc(reranked=str(outcome.reranked).lower())
 
-    results = []
-    for rank, hit in enumerate(outcome.hits, start=1):
-        record = outcome.records[hit.image_id]
-        results.append(SearchResult(
-            rank=rank, image_id=hit.image_id, label=record.label, metadata=dict(record.metadata or {}),
-            ann_score=hit.ann_score, relation_score=hit.relation_score, image_url=f"/images/{hit.image_id}",
-        ))
     return SearchResponse(
-        query_id=outcome.query_id, reranked=outcome.reranked, shortlist=outcome.shortlist_size, results=results,
+        query_id=outcome.query_id, reranked=outcome.reranked, shortlist=outcome.shortlist_size,
+        results=search_results(outcome, show_paths=settings.show_paths),
         timings_ms=timings, index=IndexSummary(name=outcome.index_name, size=outcome.index_size),
     )
