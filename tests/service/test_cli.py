@@ -12,7 +12,7 @@ from service.cli import COMMAND_GROUP, build_parser, command_entry_points
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 # `sbir --help` before the commands moved to entry points.
-HELP_ORDER = ["model", "index", "serve", "explain", "train", "evaluate", "demo", "bench"]
+HELP_ORDER = ["model", "index", "serve", "search", "explain", "train", "evaluate", "demo", "bench"]
 
 
 def subcommands(parser) -> list[str]:
