@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +78,27 @@ def _build(args: argparse.Namespace) -> int:
         progress=not args.no_progress, root=args.root, name=args.name,
         patch_index=args.patch_index or args.patch_index_type is not None, patch_index_type=args.patch_index_type,
     ))
-    _summary(out)
+    _summary(out, args.gallery)
     return 0
 
 
 def _add(args: argparse.Namespace) -> int:
     from indexer import pipeline
 
-    out = _run(lambda: pipeline.add(
-        args.directory, args.gallery, args.checkpoint, batch_size=args.batch_size, device=args.device,
-        num_workers=args.workers, progress=not args.no_progress, root=args.root,
-    ))
-    _summary(out)
+    def add() -> Path | pipeline.NothingToAdd:
+        try:
+            return pipeline.add(
+                args.directory, args.gallery, args.checkpoint, batch_size=args.batch_size, device=args.device,
+                num_workers=args.workers, progress=not args.no_progress, root=args.root,
+            )
+        except pipeline.NothingToAdd as nothing:
+            return nothing
+
+    out = _run(add)
+    if isinstance(out, pipeline.NothingToAdd):
+        print(out)  # not an error: the index already holds every photo, and stays as it was
+        return 0
+    _summary(out, args.gallery, added=True)
     return 0
 
 
@@ -110,14 +120,39 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(directory: Path) -> None:
+def _summary(directory: Path, gallery: Path, *, added: bool = False) -> None:
+    """One line: photos indexed, and the photos of this run that were left out (unreadable ones, in
+    skipped.jsonl, and for a folder gallery the files that are not images)."""
     from indexer.manifest import read_manifest
 
     manifest = read_manifest(directory)
-    print(f"{directory}: {manifest['count']} photos, {manifest['skipped']} skipped "
-          f"(see {manifest['files']['skipped']}), FAISS {manifest['faiss']['factory']}, "
-          f"tokens {manifest['tokens']['format']}"
+    this_run = manifest["galleries"][-1]  # the entry of the build, or of this add
+    run_count = int(this_run["last_id"]) - int(this_run["first_id"]) + 1 - int(this_run["skipped"])
+    counts = (f"added {run_count} photos, {this_run['skipped']} skipped; {manifest['count']} photos in all"
+              if added else f"{manifest['count']} photos, {this_run['skipped']} skipped")
+    ignored = _not_images(gallery)
+    left_out = ""
+    if ignored:
+        shown = ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+        left_out = f", {len(ignored)} files that are not images left out ({shown})"
+    print(f"{directory}: {counts} (see {manifest['files']['skipped']}){left_out}, "
+          f"FAISS {manifest['faiss']['factory']}, tokens {manifest['tokens']['format']}"
           + (f", patch index {manifest['patch_index']['factory']}" if manifest.get("patch_index") else ""))
+
+
+def _not_images(gallery: Path) -> list[str]:
+    """Relative paths of the visible files of a folder gallery that it does not list as photos."""
+    from indexer.gallery import IMAGE_SUFFIXES
+
+    root = gallery.expanduser()
+    if not root.is_dir():
+        return []
+    found = []
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+        found.extend((Path(directory) / name).relative_to(root).as_posix() for name in files
+                     if not name.startswith(".") and Path(name).suffix.lower() not in IMAGE_SUFFIXES)
+    return sorted(found)
 
 
 def _run(action: Any) -> Any:

@@ -42,5 +42,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def built_with(manifest: dict[str, Any]) -> str:
+    """``checkpoint PATH (sha256 HEX)`` of the model an index was built with, for mismatch errors."""
+    model = manifest.get("model", {})
+    path = model.get("checkpoint_path")
+    where = f"checkpoint {path}" if path else "a checkpoint (path not recorded)"
+    return f"{where} (sha256 {model.get('checkpoint_sha256')})"
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     write_json_atomic(directory / MANIFEST_FILE, manifest)

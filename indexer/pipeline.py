@@ -26,7 +26,15 @@ from indexer.embedding import (
 )
 from indexer.errors import FactoryError, IndexerError, IndexMismatchError
 from indexer.gallery import Gallery, GalleryItem, fingerprint, read_gallery
-from indexer.manifest import FORMAT_VERSION, INDEX_FILE, SKIPPED_FILE, now, read_manifest, write_manifest
+from indexer.manifest import (
+    FORMAT_VERSION,
+    INDEX_FILE,
+    SKIPPED_FILE,
+    built_with,
+    now,
+    read_manifest,
+    write_manifest,
+)
 from indexer.publish import check_target, make_staging, publish, recover, writer_lock
 from indexer.records import IDS_FILE, OFFSETS_FILE, RECORDS_FILE, ImageRecord, iter_records, write_records
 from indexer.token_store import TOKEN_FORMATS, empty_layout, link_segments, write_segment
@@ -119,13 +127,18 @@ def add(
         loaded = load_model(checkpoint, settings.device)
         if loaded.sha256 != manifest["model"]["checkpoint_sha256"]:
             raise IndexMismatchError(
-                f"{directory} was built with checkpoint sha256 {manifest['model']['checkpoint_sha256']}, "
-                f"but {loaded.path} has sha256 {loaded.sha256}"
+                f"{directory} was built with {built_with(manifest)}, but {loaded.path} has sha256 {loaded.sha256}"
             )
         indexed = {record.path for record in iter_records(directory)}
-        new_items = tuple(item for item in listing.items if str(item.path) not in indexed)
+        # Photos a build or add could not read stay out: retrying them on every add would fail the same way.
+        unreadable = skipped_paths(directory)
+        new_items = tuple(item for item in listing.items
+                          if str(item.path) not in indexed and str(item.path) not in unreadable)
         if not new_items:
-            raise IndexerError(f"nothing to add: all {len(listing)} photos of {listing.source} are already in {directory}")
+            left_out = sum(1 for item in listing.items if str(item.path) in unreadable)
+            note = f" ({left_out} of them skipped as unreadable before; rebuild to retry them)" if left_out else ""
+            raise NothingToAdd(f"nothing to add: all {len(listing)} photos of {listing.source} are already "
+                               f"in {directory}{note}")
         fresh = Gallery(listing.kind, listing.source, listing.root, new_items)
         first_id = int(manifest["next_id"])
         ids = np.arange(first_id, first_id + len(fresh), dtype=np.int64)
@@ -136,6 +149,24 @@ def add(
             staging, directory, manifest, shards, fresh, ids, settings, work_dir, loaded))
         _remove_work_dirs(directory)
     return directory
+
+
+class NothingToAdd(IndexerError):
+    """`add` found no photo that the index does not hold already (not a failure: the index is unchanged)."""
+
+
+def skipped_paths(directory: Path) -> set[str]:
+    """Paths recorded in the index's skipped.jsonl (photos that could not be read when embedded)."""
+    path = directory / SKIPPED_FILE
+    if not path.is_file():
+        return set()
+    found = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                found.add(entry["path"])
+    return found
 
 
 def load_model(checkpoint: str | os.PathLike[str], device: Any) -> LoadedModel:

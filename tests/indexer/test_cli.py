@@ -66,3 +66,50 @@ def test_skip_current_keeps_an_index_of_the_same_files_and_weights_and_rebuilds_
     assert (out / "manifest.json").read_bytes() == built  # left as it was
     make_png(gallery / "a" / "9.png", seed=41)  # a new photo: the listing changed
     assert main(build) == 0 and "3 photos" in capsys.readouterr().out
+
+
+def test_summary_counts_this_runs_skipped_photos_and_add_with_nothing_new_exits_0(
+        tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gallery = tmp_path / "gallery"
+    make_folder_gallery(gallery, {"a": 2})
+    (gallery / "a" / "broken.png").write_text("not an image\n")
+    (gallery / "a" / "notes.txt").write_text("a note beside the photos\n")
+    out = tmp_path / "index"
+    common = ["--gallery", str(gallery), "--checkpoint", str(checkpoint), "--workers", "0", "--no-progress"]
+    assert main(["index", "build", "--out", str(out), *common]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out}: 2 photos, 1 skipped (see skipped.jsonl)" in printed
+    assert "1 files that are not images left out (a/notes.txt)" in printed
+
+    # Nothing new (the broken photo was already skipped once): exit 0, a message, the index untouched.
+    before = (out / "manifest.json").read_bytes()
+    assert main(["index", "add", str(out), *common]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.startswith(f"nothing to add: all 3 photos of {gallery} are already in {out}")
+    assert "1 of them skipped as unreadable before" in captured.out
+    assert (out / "manifest.json").read_bytes() == before
+
+    make_png(gallery / "b" / "0.png", seed=41)
+    (gallery / "b" / "broken.png").write_bytes(b"")
+    assert main(["index", "add", str(out), *common]) == 0
+    assert f"{out}: added 1 photos, 1 skipped; 3 photos in all" in capsys.readouterr().out
+
+
+def test_add_with_another_checkpoint_names_the_recorded_checkpoint_path_and_both_hashes(
+        tmp_path: Path, checkpoint: Path, other_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    gallery = tmp_path / "gallery"
+    make_folder_gallery(gallery, {"a": 1})
+    out = tmp_path / "index"
+    assert main(["index", "build", "--gallery", str(gallery), "--out", str(out), "--checkpoint", str(checkpoint),
+                 "--workers", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["index", "add", str(out), "--gallery", str(gallery), "--checkpoint", str(other_checkpoint),
+                 "--workers", "0", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    built, other = (hashlib.sha256(path.read_bytes()).hexdigest() for path in (checkpoint, other_checkpoint))
+    assert error.count("\n") == 1
+    assert f"was built with checkpoint {checkpoint.absolute()} (sha256 {built})" in error
+    assert f"but {other_checkpoint.absolute()} has sha256 {other}" in error
