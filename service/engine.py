@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from indexer.errors import IndexMismatchError
+from service.active_index import MANIFEST_FILE, recorded_active
 from service.batching import DynamicBatcher
 from service.errors import NotFoundError, NotReadyError, NotSupportedError
 from service.query_cache import LRUCache, QueryCache, QueryRecord
@@ -37,9 +39,10 @@ EXPLANATION_CACHE_SIZE = 8
 class _IndexSlot:
     """An index plus the number of requests using it; closed once retired and unused."""
 
-    def __init__(self, index: Any, generation: int) -> None:
+    def __init__(self, index: Any, generation: int, signature: tuple[int, ...] | None) -> None:
         self.index = index
         self.generation = generation  # which swap installed it: keys of per-index caches
+        self.signature = signature  # its manifest file as opened: a republished index has another
         self.users = 0
         self.retired = False
 
@@ -91,11 +94,17 @@ class SearchEngine:
         self.explanations: LRUCache[tuple[Any, ...], Any] = LRUCache(EXPLANATION_CACHE_SIZE)
         self._generations = itertools.count()
         self.compute_lock = threading.Lock()
+        self._signatures: dict[int, tuple[int, ...] | None] = {}  # id(opened index) -> its manifest signature
         self._state_lock = threading.Lock()
         self._model: LoadedModel | None = None
         self._slot: _IndexSlot | None = None
         self._load_error: str | None = None
         self._loaded = threading.Event()
+        # Called with the exception when `load` fails (sbir serve stops: the error is permanent).
+        self.on_load_error: Callable[[BaseException], None] | None = None
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._watch_failure: tuple[tuple[int, ...] | None, str] | None = None
         self._batcher: DynamicBatcher[Any, Any] | None = None
         if settings.batching:
             # The batch is gathered once the model lock is free, so searches that queued behind another
@@ -107,17 +116,36 @@ class SearchEngine:
     # Loading -------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the configured checkpoint, then the configured index (blocking). A failure is kept
-        as the reason /readyz gives, and logged; it does not raise."""
+        """Load the configured checkpoint, then the index to serve (blocking): the one recorded in
+        `<index root>/active-index.json` when the server swapped one in through the API under the
+        same settings (`service.active_index`), else the configured one. A failure is kept as the
+        reason /readyz gives, logged, and passed to `on_load_error`; it does not raise."""
         try:
             if self.settings.checkpoint is not None:
                 self.load_model(self.settings.checkpoint)
-            if self.settings.index_dir is not None:
-                self.swap_index(self.open_index(self.settings.index_dir))
+            directory = self.settings.index_dir
+            recorded = recorded_active(self.settings.build_root(), directory)
+            if recorded is not None and self.model is not None:
+                try:
+                    self.swap_index(self.open_index(recorded))
+                    logger.info("serving %s, the index last activated through the API", recorded)
+                    directory = None
+                except Exception as error:  # fall back to the configured index, saying why
+                    logger.warning("cannot serve the recorded active index %s (%s); serving %s", recorded,
+                                   str(error).splitlines()[0] if str(error) else type(error).__name__, directory)
+            if directory is not None:
+                try:
+                    self.swap_index(self.open_index(directory))
+                except IndexMismatchError as error:
+                    raise IndexMismatchError(f"the checkpoint {self.settings.checkpoint} does not match the index "
+                                             f"{directory}: {error}") from None
         except Exception as error:  # any load problem: stay up (healthz) and say why (readyz)
             logger.exception("loading the model or index failed")
+            reason = f"{type(error).__name__}: {error}"
             with self._state_lock:
-                self._load_error = f"{type(error).__name__}: {error}"
+                self._load_error = reason
+            if self.on_load_error is not None:
+                self.on_load_error(error)
         finally:
             self._loaded.set()
 
@@ -149,19 +177,86 @@ class SearchEngine:
         model = self.model
         if model is None:
             raise RuntimeError("no model is loaded, so no index can be checked against it")
-        return indexer.open(directory, checkpoint_hash=model.sha256)
+        signature = manifest_signature(Path(directory))  # before opening: a change meanwhile is seen later
+        index = indexer.open(directory, checkpoint_hash=model.sha256)
+        self._signatures[id(index)] = signature
+        return index
 
     def swap_index(self, index: Any) -> None:
         """Serve `index` from now on; the previous one closes when its in-flight requests end."""
+        signature = self._signatures.pop(id(index), None)
         with self._state_lock:
-            previous, self._slot = self._slot, _IndexSlot(index, next(self._generations))
+            previous, self._slot = self._slot, _IndexSlot(index, next(self._generations), signature)
             self.explanations.clear()  # entries of older generations could never be asked for again
             if previous is not None:
                 previous.retired = True
                 previous.close_if_idle()
         logger.info("now serving index %s (%d photos)", getattr(index, "name", "?"), len(index))
 
+    @property
+    def index_directory(self) -> Path | None:
+        """The directory of the index being served, or None."""
+        with self._state_lock:
+            directory = None if self._slot is None else getattr(self._slot.index, "directory", None)
+            return None if directory is None else Path(directory)
+
+    # Reloading -----------------------------------------------------------------------------
+
+    def start_watching(self, interval: float) -> threading.Thread | None:
+        """Poll the served index's manifest every `interval` seconds and serve the directory anew
+        when it changes (`sbir index add` or a rebuild republishes it); None when `interval` <= 0."""
+        if interval <= 0 or self._watcher is not None:
+            return None
+        self._watcher = threading.Thread(target=self._watch, args=(interval,), name="sbir-index-watch", daemon=True)
+        self._watcher.start()
+        return self._watcher
+
+    def _watch(self, interval: float) -> None:
+        while not self._watch_stop.wait(interval):
+            try:
+                self.reload_if_changed()
+            except Exception:  # never let the watcher die: the next tick tries again
+                logger.exception("checking the served index for changes failed")
+
+    def reload_if_changed(self) -> bool:
+        """Open and swap in the served directory when its manifest changed since it was opened; True
+        when it did. A republished index that cannot be served (another checkpoint, unreadable)
+        is logged once and the old one stays."""
+        with self._state_lock:
+            slot = self._slot
+        if slot is None or self.model is None:
+            return False
+        raw_directory = getattr(slot.index, "directory", None)
+        if raw_directory is None:
+            return False  # not an index directory (a stand-in): nothing to watch
+        directory = Path(raw_directory)
+        current = manifest_signature(directory)
+        if current is None or current == slot.signature:
+            return False  # mid-publish (no manifest for a moment) or unchanged
+        if slot.signature is None:  # swapped in without `open_index`: its state now is the baseline
+            slot.signature = current
+            return False
+        try:
+            index = self.open_index(directory)
+        except Exception as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if self._watch_failure != (current, message):
+                self._watch_failure = (current, message)
+                logger.error("index %s changed but cannot be served (still serving the previous one): %s",
+                             directory, message)
+            return False
+        with self._state_lock:
+            if self._slot is not slot:  # swapped by someone else meanwhile: theirs stands
+                index.close()
+                return False
+        self.swap_index(index)
+        logger.info("reloaded index %s: it was republished (%d photos now)", directory, len(index))
+        return True
+
     def close(self) -> None:
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
         if self._batcher is not None:
             self._batcher.close()
         with self._state_lock:
@@ -310,6 +405,16 @@ def lookup_record(index: Any, image_id: int) -> Any:
         return index.record(image_id)
     except (KeyError, IndexError) as error:
         raise NotFoundError("unknown_image", f"image {image_id} is not in index {index.name!r}") from error
+
+
+def manifest_signature(directory: Path) -> tuple[int, ...] | None:
+    """(inode, size, mtime ns) of an index directory's manifest, None when it is not there: each
+    publish renames a new directory into place, so its manifest is another file."""
+    try:
+        found = (directory / MANIFEST_FILE).stat()
+    except OSError:
+        return None
+    return (found.st_ino, found.st_size, found.st_mtime_ns)
 
 
 def gallery_path(index: Any, record: Any) -> str:

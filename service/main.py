@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
+from service.active_index import record_active
 from service.api.routes import evaluation, explain, health, images, indexes, jobs, search, training, web
 from service.engine import SearchEngine
 from service.errors import install_error_handlers
@@ -38,7 +39,7 @@ def create_app(settings: Settings, *, engine: SearchEngine | None = None, job_ma
     engine = engine or SearchEngine(settings)
     if job_manager is None:
         job_manager = JobManager(JobStore(settings.jobs_db_path()), max_concurrent=settings.max_concurrent_jobs)
-    job_manager.on_success("index_build", _activate_built_index(engine))
+    job_manager.on_success("index_build", _activate_built_index(engine, settings))
     metrics = build_service_metrics(MetricsRegistry(), index_size=lambda: _index_size(engine),
                                     job_counts=job_manager.store.counts)
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings, *, engine: SearchEngine | None = None, job_ma
             engine.start_loading()
         else:
             engine.load()
+        engine.start_watching(settings.index_watch_s)
         try:
             yield
         finally:
@@ -92,14 +94,18 @@ def _index_size(engine: SearchEngine) -> int | None:
     return None if summary is None else summary[1]
 
 
-def _activate_built_index(engine: SearchEngine):
-    """Success hook of index builds: open the new directory and swap it in, when asked to."""
+def _activate_built_index(engine: SearchEngine, settings: Settings):
+    """Success hook of index builds: open the new directory and swap it in, when asked to, and
+    remember it for the next start (`service.active_index`)."""
 
     def activate(job: Job) -> dict[str, Any]:
         if not job.params.get("activate", True):
             return {"activated": False}
         directory = Path((job.result or {}).get("index_dir") or job.params["out"])
         engine.swap_index(engine.open_index(directory))
+        root = settings.build_root()
+        if root is not None and directory.parent.absolute() == root.absolute():
+            record_active(root, directory, settings.index_dir)
         return {"activated": True}
 
     return activate

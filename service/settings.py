@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     thumbnail_max: int = Field(1024, ge=16, le=4096, description="largest ?size= for GET /images/{id}")
 
     # Engine and jobs.
+    index_watch_s: float = Field(2.0, ge=0.0, le=3600.0,
+                                 description="seconds between checks of the served index's manifest; a republished "
+                                             "index (sbir index add, a rebuild) is reopened and swapped in; 0 = off")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     rerank_batch_size: int = Field(64, ge=1, le=4096)
     query_cache_size: int = Field(256, ge=1, description="queries kept for /explain (each holds its tokens)")

@@ -224,6 +224,13 @@ class IndexBuildCreate(BaseModel):
     activate: bool = Field(True, description="serve the new index as soon as it is built")
 
 
+class IndexActivate(BaseModel):
+    """POST /index/activate: serve <index root>/<name> from now on, and after restarts."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=INDEX_NAME_PATTERN, description="an index directory under the index root")
+
+
 class IndexPublic(BaseModel):
     name: str
     size: int

@@ -31,7 +31,7 @@ def api_schema(fuzzed_app):
 # pytest); the first test keeps the list equal to the schema's operations.
 OPERATIONS = [
     ("POST", "/search"), ("GET", "/images/{image_id}"), ("GET", "/explain/{query_id}/{image_id}"),
-    ("GET", "/index"), ("POST", "/index/build"), ("GET", "/jobs"), ("GET", "/jobs/{job_id}"),
+    ("GET", "/index"), ("POST", "/index/build"), ("POST", "/index/activate"), ("GET", "/jobs"), ("GET", "/jobs/{job_id}"),
     ("DELETE", "/jobs/{job_id}"), ("POST", "/train"), ("POST", "/evaluate"), ("GET", "/healthz"),
     ("GET", "/readyz"), ("GET", "/metrics"),
 ]

@@ -12,6 +12,7 @@ from tests.support.api import ADMIN_TOKEN, assert_error, running
 
 STATE_CHANGING = [
     ("post", "/index/build", {"gallery": "gallery-small", "name": "x"}),
+    ("post", "/index/activate", {"name": "x"}),
     ("post", "/train", {"config": {"run_dir": "runs/x", "data": {"dataset": "generic", "root": "gallery"}}}),
     ("post", "/evaluate", {"dataset": "sketchy25", "root": "gallery"}),
     ("delete", "/jobs/some-job", None),

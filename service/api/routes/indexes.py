@@ -1,12 +1,16 @@
-"""GET /index (the index being served) and POST /index/build (a new one, built in a job)."""
+"""GET /index (the index being served), POST /index/build (a new one, built in a job) and POST
+/index/activate (serve another index under the index root)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 
+from service.active_index import MANIFEST_FILE, record_active
 from service.api.deps import AdminDep, EngineDep, JobsDep, SettingsDep
-from service.api.schemas import ErrorResponse, IndexBuildCreate, IndexPublic, JobPublic
-from service.errors import ConflictError, NotReadyError
+from service.api.schemas import ErrorResponse, IndexActivate, IndexBuildCreate, IndexPublic, JobPublic
+from service.errors import ConflictError, NotFoundError, NotReadyError
 from service.paths import resolve_under_roots
 
 router = APIRouter(prefix="/index", tags=["indexes"])
@@ -15,11 +19,48 @@ router = APIRouter(prefix="/index", tags=["indexes"])
 @router.get("", response_model=IndexPublic, responses={503: {"model": ErrorResponse}})
 def current_index(engine: EngineDep) -> IndexPublic:
     with engine.lease() as lease:
-        index = lease.index
-        return IndexPublic(
-            name=str(index.name), size=len(index), has_tokens=bool(index.has_tokens), model=lease.model.name,
-            checkpoint_hash=lease.model.sha256, manifest=dict(index.manifest),
-        )
+        return _describe(lease.index, lease.model)
+
+
+def _describe(index: Any, model: Any) -> IndexPublic:
+    return IndexPublic(
+        name=str(index.name), size=len(index), has_tokens=bool(index.has_tokens), model=model.name,
+        checkpoint_hash=model.sha256, manifest=dict(index.manifest),
+    )
+
+
+@router.post(
+    "/activate",
+    response_model=IndexPublic,
+    dependencies=[AdminDep],
+    responses={code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)},
+)
+def activate_index(body: IndexActivate, engine: EngineDep, settings: SettingsDep) -> IndexPublic:
+    """Serve <index root>/<name> from now on (searches already running finish on the old index) and
+    record it in <index root>/active-index.json, so that it is served after a restart too."""
+    import indexer
+
+    root = settings.build_root()
+    if root is None:
+        raise ConflictError("no_index_root", "the server has no index root to activate indexes from: "
+                                             "set SBIR_INDEX_ROOT (--index-root)")
+    directory = root / body.name
+    if not (directory / MANIFEST_FILE).is_file():
+        raise NotFoundError("unknown_index", f"there is no index named {body.name!r} under the index root {root}",
+                            field="name")
+    model = engine.model
+    if model is None:
+        raise NotReadyError("not_ready", "no model is loaded; an index is served with the served checkpoint")
+    try:
+        index = engine.open_index(directory)
+    except indexer.IndexMismatchError as error:
+        raise ConflictError("index_mismatch", f"{body.name}: {error}", field="name") from None
+    except indexer.IndexerError as error:
+        raise ConflictError("unusable_index", f"{body.name}: {error}", field="name") from None
+    engine.swap_index(index)
+    record_active(root, directory, settings.index_dir)
+    with engine.lease() as lease:
+        return _describe(lease.index, lease.model)
 
 
 @router.post(
