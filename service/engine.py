@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from indexer.errors import IndexMismatchError
+from models.errors import SbirError
 from service.active_index import MANIFEST_FILE, recorded_active
 from service.batching import DynamicBatcher
 from service.errors import NotFoundError, NotReadyError, NotSupportedError
@@ -137,10 +138,12 @@ class SearchEngine:
                 try:
                     self.swap_index(self.open_index(directory))
                 except IndexMismatchError as error:
-                    raise IndexMismatchError(f"the checkpoint {self.settings.checkpoint} does not match the index "
-                                             f"{directory}: {error}") from None
+                    raise IndexMismatchError(self._mismatch(directory, error)) from None
         except Exception as error:  # any load problem: stay up (healthz) and say why (readyz)
-            logger.exception("loading the model or index failed")
+            if isinstance(error, SbirError):  # a one-line user error (a file that does not fit): no traceback
+                logger.error("loading the model or index failed: %s", error)
+            else:
+                logger.exception("loading the model or index failed")
             reason = f"{type(error).__name__}: {error}"
             with self._state_lock:
                 self._load_error = reason
@@ -148,6 +151,19 @@ class SearchEngine:
                 self.on_load_error(error)
         finally:
             self._loaded.set()
+
+    def _mismatch(self, directory: Path, error: Exception) -> str:
+        """One line naming the served checkpoint and the index, and what the index was built with."""
+        from indexer.manifest import read_manifest
+
+        model = self.model
+        mine = f" (sha256 {model.sha256[:12]})" if model is not None else ""
+        try:
+            built = read_manifest(Path(directory)).get("model") or {}
+            theirs = f"{built.get('checkpoint_path') or 'another checkpoint'} (sha256 {built['checkpoint_sha256'][:12]})"
+        except Exception:  # the manifest could not say: the indexer's own words
+            theirs = f"another checkpoint ({error})"
+        return f"the checkpoint {self.settings.checkpoint}{mine} does not match the index {directory}, built with {theirs}"
 
     def start_loading(self) -> threading.Thread:
         """Load in a background thread so the server answers /healthz while it loads."""

@@ -42,7 +42,7 @@ DEFAULT_WORK_FUNCTIONS: Mapping[str, str] = {
 }
 
 # The worker must not inherit the server's secret.
-_SECRET_ENV = ("SBIR_ADMIN_TOKEN",)
+_SECRET_ENV = ("SBIR_ADMIN_TOKEN", "SBIR_ADMIN_TOKEN_FILE")
 _TERMINATE_GRACE_S = 10.0
 
 _SCHEMA = """

@@ -45,6 +45,7 @@ def create_app(settings: Settings, *, engine: SearchEngine | None = None, job_ma
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logger.info("%s", settings.describe())
         job_manager.start()
         if load_in_background:
             engine.start_loading()

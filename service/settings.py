@@ -8,11 +8,14 @@ settings file, the defaults below. Nothing here is built at import: call `load_s
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, JsonConfigSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, JsonConfigSettingsSource, SettingsConfigDict, SettingsError
+
+from models.errors import SbirError
 
 MIB = 1024 * 1024
 
@@ -39,7 +42,8 @@ class Settings(BaseSettings):
         default_factory=list, description="folders that gallery/dataset/checkpoint paths in requests must lie under"
     )
     jobs_db: Path | None = Field(
-        None, description="SQLite job store (default: <index_root>/jobs.sqlite3, else ./sbir-jobs.sqlite3)"
+        None, description="SQLite job store (default: <index_root>/jobs.sqlite3, else "
+                          "$XDG_STATE_HOME/sbir/jobs.sqlite3, ~/.local/state/sbir/jobs.sqlite3 without it)"
     )
 
     # Network.
@@ -49,6 +53,8 @@ class Settings(BaseSettings):
 
     # Security: no token means the state-changing endpoints are disabled, never open.
     admin_token: SecretStr | None = None
+    admin_token_file: Path | None = Field(None, description="file holding the admin token (one line); "
+                                                            "instead of admin_token, which must then be unset")
 
     # What responses show.
     show_paths: bool = Field(True, description="search results carry each photo's path relative to its gallery root")
@@ -79,7 +85,7 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(2.0, ge=0.0, le=1000.0,
                                  description="longest a search waits for others to fill its batch")
 
-    @field_validator("index_dir", "checkpoint", "index_root", "jobs_db", mode="before")
+    @field_validator("index_dir", "checkpoint", "index_root", "jobs_db", "admin_token_file", mode="before")
     @classmethod
     def _empty_path_is_none(cls, value: Any) -> Any:
         # SBIR_INDEX_DIR= (empty) in a container means "none", not the current directory.
@@ -101,6 +107,24 @@ class Settings(BaseSettings):
             raise ValueError("index_dir is set but checkpoint is not: an index is searched with its model")
         return self
 
+    @model_validator(mode="after")
+    def _read_admin_token_file(self) -> Settings:
+        if self.admin_token_file is None:
+            return self
+        if self.admin_token is not None:
+            raise ValueError("admin_token (SBIR_ADMIN_TOKEN) and admin_token_file (SBIR_ADMIN_TOKEN_FILE) are both "
+                             "set: set one of them")
+        try:
+            token = self.admin_token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = "does not exist" if isinstance(error, FileNotFoundError) else f"cannot be read ({error})"
+            raise ValueError(f"admin_token_file (SBIR_ADMIN_TOKEN_FILE): {self.admin_token_file} {reason}") from None
+        if not token or "\n" in token:
+            raise ValueError(f"admin_token_file (SBIR_ADMIN_TOKEN_FILE): {self.admin_token_file} must hold the "
+                             "token on one line")
+        self.admin_token = SecretStr(token)
+        return self
+
     def build_root(self) -> Path | None:
         """Folder that new indexes are written into, or None when there is nowhere to put them."""
         if self.index_root is not None:
@@ -114,7 +138,38 @@ class Settings(BaseSettings):
         if self.jobs_db is not None:
             return self.jobs_db
         root = self.build_root()
-        return (root / "jobs.sqlite3") if root is not None else Path("sbir-jobs.sqlite3")
+        if root is not None:
+            return root / "jobs.sqlite3"
+        # Never the working directory: the user's state folder (XDG base directories).
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(state) / "sbir" / "jobs.sqlite3"
+
+    def describe(self) -> str:
+        """One line saying what this server enables and what not, and why (logged at start-up)."""
+        if self.admin_token is None:
+            admin = "admin endpoints off (no SBIR_ADMIN_TOKEN or SBIR_ADMIN_TOKEN_FILE)"
+        elif self.admin_token_file is not None:
+            admin = f"admin endpoints on (token from {self.admin_token_file})"
+        else:
+            admin = "admin endpoints on (token from SBIR_ADMIN_TOKEN)"
+        if self.data_roots:
+            roots = ", ".join(f"{root}{'' if root.is_dir() else ' (missing)'}" for root in self.data_roots)
+            data = f"data roots {roots}"
+        else:
+            data = "no data roots (request paths are refused; set SBIR_DATA_ROOTS or --data-root)"
+        root = self.build_root()
+        if root is None:
+            built = ("no index root (POST /index/build and /index/activate refused; set SBIR_INDEX_ROOT or "
+                     "--index-root)")
+        elif self.index_root is None:
+            built = f"index root {root} (the parent of the index directory)"
+        else:
+            built = f"index root {root}"
+        return f"{admin}; {data}; {built}; jobs in {self.jobs_db_path()}"
+
+
+class SettingsFailure(SbirError, ValueError):
+    """Settings that cannot be used, in one line naming the setting (its SBIR_* variable)."""
 
 
 def load_settings(settings_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -125,14 +180,39 @@ def load_settings(settings_file: str | os.PathLike[str] | None = None, **overrid
     not hide the environment.
     """
     values = {name: value for name, value in overrides.items() if value is not None}
-    if settings_file is None:
-        return Settings(**values)
-    path = Path(settings_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"settings file not found: {path}")
-    if path.suffix.lower() == ".json":
-        return _with_json_file(path)(**values)
-    return Settings(_env_file=path, **values)  # type: ignore[call-arg]  # pydantic-settings init option
+    try:
+        if settings_file is None:
+            return Settings(**values)
+        path = Path(settings_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"settings file not found: {path}")
+        if path.suffix.lower() == ".json":
+            return _with_json_file(path)(**values)
+        return Settings(_env_file=path, **values)  # type: ignore[call-arg]  # pydantic-settings init option
+    except (ValidationError, SettingsError) as error:
+        raise SettingsFailure(describe_settings_error(error)) from None
+
+
+def describe_settings_error(error: Exception) -> str:
+    """A pydantic(-settings) error as one line naming each setting at fault and its variable."""
+    if isinstance(error, ValidationError):
+        parts = []
+        for detail in error.errors():
+            name = ".".join(str(part) for part in detail["loc"])
+            message = str(detail["msg"]).removeprefix("Value error, ")
+            parts.append(f"{name}: {message} (SBIR_{name.upper()})" if name else message)
+        return "; ".join(parts)
+    # SettingsError: 'error parsing value for field "data_roots" from source "EnvSettingsSource"'
+    text = str(error)
+    match = re.search(r'field "([a-z_]+)"', text)
+    if match is None:
+        return text.splitlines()[0]
+    name = match.group(1)
+    hint = " (a JSON list, e.g. '[\"/srv/data\"]')" if name in _LIST_FIELDS else ""
+    return f"{name}: cannot be parsed{hint} (SBIR_{name.upper()})"
+
+
+_LIST_FIELDS = ("data_roots", "cors_origins")
 
 
 def _with_json_file(path: Path) -> type[Settings]:

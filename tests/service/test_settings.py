@@ -20,12 +20,16 @@ def clean_environment(monkeypatch):
             monkeypatch.delenv(name)
 
 
-def test_defaults_bind_loopback_and_disable_admin():
+def test_defaults_bind_loopback_and_disable_admin(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     settings = load_settings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.admin_token is None and settings.cors_origins == [] and settings.data_roots == []
     assert (settings.k_max, settings.shortlist_max, settings.device) == (200, 2000, "auto")
-    assert settings.jobs_db_path() == Path("sbir-jobs.sqlite3")
+    # Never the working directory: without an index root, the user's state folder.
+    assert settings.jobs_db_path() == tmp_path / "sbir" / "jobs.sqlite3"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert settings.jobs_db_path() == Path.home() / ".local" / "state" / "sbir" / "jobs.sqlite3"
 
 
 def test_environment_variables(monkeypatch, tmp_path):
