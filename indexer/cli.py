@@ -147,7 +147,7 @@ def _not_images(gallery: Path) -> list[str]:
     root = gallery.expanduser()
     if not root.is_dir():
         return []
-    found = []
+    found: list[str] = []
     for directory, subdirs, files in os.walk(root, followlinks=True):
         subdirs[:] = [name for name in subdirs if not name.startswith(".")]
         found.extend((Path(directory) / name).relative_to(root).as_posix() for name in files
