@@ -9,7 +9,9 @@ run) never sees a half-written one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,41 @@ def check_can_start(config: TrainConfig) -> None:
         )
 
 
+def lock_path(run_dir: Path) -> Path:
+    """The writer lock of ``run_dir``: ``.NAME.lock`` beside it, as ``indexer.publish.writer_lock`` keeps."""
+    run_dir = run_dir.absolute()
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the writer lock of ``run_dir`` (``indexer.publish.writer_lock``) for a whole training, so
+    that a second training of the same run directory fails at once instead of interleaving its
+    metrics and checkpoints with the first's. The holder's pid is written into the lock file.
+
+    Raises:
+        TrainingError: another process holds it (naming the directory and that process's pid).
+    """
+    from indexer.errors import IndexerError
+    from indexer.publish import writer_lock
+
+    path = lock_path(run_dir)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(writer_lock(run_dir.absolute()))
+        except IndexerError:
+            try:
+                holder = path.read_text(encoding="utf-8").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise TrainingError(
+                f"{run_dir} is being written by another training (pid {holder}, lock {path}); wait for it "
+                "to end or choose another run_dir"
+            ) from None
+        path.write_text(f"{os.getpid()}\n", encoding="utf-8")
+        yield
+
+
 def save_last(
     path: Path,
     objective: nn.Module,
@@ -145,6 +182,8 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], pre
     for key in keys:
         name = f"{prefix}{key}"
         old, new = saved.get(key), current.get(key)
+        if key not in saved and new in (None, False):
+            continue  # a setting newer than the interrupted run, left off: nothing computed changes
         if isinstance(old, Mapping) and isinstance(new, Mapping):
             differences.extend(config_differences(old, new, f"{name}."))
         elif old != new and name not in RESUMABLE_CHANGES and not name.startswith("validation."):

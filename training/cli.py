@@ -38,8 +38,21 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument("--root", required=True, metavar="DIR", help="data root (see docs/training.md, section Datasets)")
     evaluate.add_argument(
         "--unseen",
-        metavar="FILE",
-        help="generic / openmoji-demo: file with the unseen class names, one a line",
+        metavar="NAMES|FILE",
+        help="generic / openmoji-demo: the unseen (held-out) classes, a file with one name a line or, "
+        "when no such file exists, comma-separated names (star,moon)",
+    )
+    evaluate.add_argument(
+        "--pair-by-stem",
+        action="store_true",
+        help="generic: pair each sketch with the photo of its class of the same file stem and also "
+        "report acc@1 / acc@10 of finding its own photo",
+    )
+    evaluate.add_argument(
+        "--allow-small-split",
+        action="store_true",
+        help="evaluate even when fewer than 2 classes are held out or a held-out class has no photo "
+        "(refused by default: with one class mAP is 1.0 whatever the model does)",
     )
     evaluate.add_argument(
         "--retrieval",
@@ -78,6 +91,9 @@ def _train(args: argparse.Namespace) -> int:
         report = train(config)
     except (ConfigError, DatasetError, TrainingError) as error:
         raise CliError(str(error)) from None
+    except KeyboardInterrupt:
+        print(f"sbir train: {_interrupted(args)}", file=sys.stderr)
+        return 130
     if report["rank"] == 0:  # under torchrun every process returns; one summary is enough
         _print_json(
             {
@@ -95,6 +111,24 @@ def _train(args: argparse.Namespace) -> int:
             }
         )
     return 0 if report["status"] in ("completed", "stopped") else 1
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The one line for Ctrl-C: the exact command that continues the run, when it has a checkpoint."""
+    import shlex
+    from pathlib import Path
+
+    from training.checkpointing import checkpoint_paths
+    from training.config import ConfigError, load_config
+
+    command = f"sbir train --config {shlex.quote(args.config)}"
+    try:
+        last, _ = checkpoint_paths(Path(load_config(args.config).run_dir))
+    except ConfigError:
+        return "interrupted"
+    if last.is_file():
+        return f"interrupted; resume with: {command} --resume (from the last checkpoint, {last})"
+    return f"interrupted before the first checkpoint was saved; start again with: {command}"
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -122,12 +156,21 @@ def _evaluate(args: argparse.Namespace) -> int:
             out=args.out,
             num_workers=args.num_workers,
             gallery=args.gallery,
+            pair_by_stem=args.pair_by_stem,
+            allow_small_split=args.allow_small_split,
         )
     except (CheckpointError, DatasetError, EvaluationError) as error:
         raise CliError(str(error)) from None
+    from training.datasets import format_names
+
+    held_out = report["dataset"]["held_out_classes"]
+    print(f"sbir evaluate: {len(held_out)} held-out (unseen) classes: {format_names(held_out)}", file=sys.stderr)
+    for warning in report["warnings"]:
+        print(f"sbir evaluate: warning: {warning}", file=sys.stderr)
     _print_json(
         {
             "out": args.out,
+            "held_out_classes": held_out,
             "metrics": report["metrics"],
             "pair_fraction": report["pair_fraction"],
             "total_s": report["timings"]["total_s"],

@@ -70,6 +70,13 @@ class DataSection(_Section):
         (openmoji-demo default: ``ROOT/split.json``; generic default: drawn with ``unseen_fraction``
         and ``split_seed``).
     max_missing_fraction: refuse to start when more of the listed images are missing.
+    pair_by_stem: generic only: pair each sketch with the photo of its class that has the same file
+        stem (``cat/3.png`` with ``cat/3.jpg``; a suffix cut at ``-`` or ``_`` also pairs, ``3-2`` ->
+        ``3``). Validation then also measures each sketch against its own photo (acc@1, acc@10);
+        ``zse.positive: instance`` pairs this way whether or not it is set. openmoji-demo and QMUL are
+        always paired.
+    num_workers: image loading processes; None = one fewer than the CPU cores, at most 4
+        (:func:`default_num_workers`).
     sketch_augment: ``"package.module:name"`` of a callable applied to each training sketch's PIL image
         before preprocessing (see ``training.data.load_sketch``), or of a class, which is built with
         ``sketch_augment_options`` (e.g. ``training.augment:SketchAugment``); None = no augmentation.
@@ -81,7 +88,8 @@ class DataSection(_Section):
     unseen_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
     split_seed: int = 0
     max_missing_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
-    num_workers: int = Field(default=2, ge=0)
+    pair_by_stem: bool = False
+    num_workers: int | None = Field(default=None, ge=0)
     sketch_augment: str | None = None
     sketch_augment_options: dict[str, Any] = Field(default_factory=dict)
 
@@ -164,6 +172,9 @@ class ValidationSection(_Section):
         ZSE only, as the reference's default; slow).
     from_epoch: first epoch (1-based) validated; the reference starts at 10.
     quick: the reference's subsampled test set (every n-th sketch and photo).
+    allow_small_split: validate even when fewer than 2 classes are held out or a held-out class has
+        no photo (refused by default: with one class mAP is 1.0 whatever the model does, and
+        ``best.pt`` would be picked on it).
     """
 
     enabled: bool = True
@@ -172,6 +183,7 @@ class ValidationSection(_Section):
     every_epochs: int = Field(default=1, ge=1)
     quick: bool = True
     batch_size: int = Field(default=32, ge=1)
+    allow_small_split: bool = False
 
 
 class TrainConfig(_Section):
@@ -226,8 +238,32 @@ class TrainConfig(_Section):
         amff = self.amff_settings
         return amff.classes_per_batch * amff.samples_per_class
 
+    @property
+    def num_workers(self) -> int:
+        """``data.num_workers``, or the default for this machine's cores when it is not set."""
+        return default_num_workers() if self.data.num_workers is None else self.data.num_workers
+
+    @property
+    def pairs_by_stem(self) -> bool:
+        """Whether the generic data are paired by stem: asked for, or needed by instance positives."""
+        return self.data.dataset in _STEM_PAIRED and (
+            self.data.pair_by_stem or (self.family == "zse" and self.zse_settings.positive == "instance")
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+# Datasets paired on request (training.data.STEM_PAIRED_DATASETS), and those always paired.
+_STEM_PAIRED = frozenset({"generic"})
+_ALWAYS_PAIRED = frozenset({"openmoji-demo", "qmul-chair", "qmul-shoe"})
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_num_workers() -> int:
+    """Image loading processes when ``data.num_workers`` is not set: the cores less one (the training
+    process needs one), at most :data:`MAX_DEFAULT_WORKERS` (1 on a 2-core machine)."""
+    return max(0, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) - 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,6 +337,16 @@ def check_consistency(config: TrainConfig) -> None:
     if config.data.unseen is not None and config.data.dataset not in ("generic", "openmoji-demo"):
         raise ConfigError(
             f"data.unseen: only for generic and openmoji-demo; {config.data.dataset} has fixed unseen classes"
+        )
+    dataset = config.data.dataset
+    if config.data.pair_by_stem and dataset not in _STEM_PAIRED | _ALWAYS_PAIRED:
+        raise ConfigError(
+            f"data.pair_by_stem: only for generic data ({dataset}'s split files pair sketches by class only)"
+        )
+    if family == "zse" and config.zse_settings.positive == "instance" and dataset not in _STEM_PAIRED | _ALWAYS_PAIRED:
+        raise ConfigError(
+            f"zse.positive: 'instance' needs each sketch's own photo, which {dataset} does not give "
+            "(generic data are paired by file stem; use positive: class here)"
         )
     model_config_with_overrides(config.model.name, config.model.overrides)
     if family == "amff" and "num_classes" in config.model.overrides:

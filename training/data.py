@@ -49,6 +49,8 @@ SketchAugment = Callable[..., Image.Image]
 # (all photos so that instance pairs survive).
 QUICK_SKETCH_STEP = 5
 INSTANCE_DATASETS = frozenset({"qmul-chair", "qmul-shoe", "openmoji-demo"})
+# Datasets whose sketches may be paired with their own photo on request (data.pair_by_stem).
+STEM_PAIRED_DATASETS = frozenset({"generic"})
 OPENMOJI_SPLIT_FILE = "split.json"
 
 
@@ -66,6 +68,7 @@ def load_split(
     split_seed: int = 0,
     quick: bool = False,
     max_missing_fraction: float = 0.01,
+    pair_by_stem: bool = False,
 ) -> SplitData:
     """The ``train`` (seen classes) or ``zero`` (unseen, test) part of a dataset.
 
@@ -82,6 +85,9 @@ def load_split(
         quick: the reference's quick test subset (reference datasets), else every
             ``QUICK_SKETCH_STEP``-th sketch and all photos. Only applies to the zero part.
         max_missing_fraction: refuse when more of the listed files are missing (reference lists).
+        pair_by_stem: generic: pair each sketch with the photo of its class of the same file stem
+            (``SplitData.pairs``; see :func:`training.datasets.load_generic`); openmoji-demo and QMUL
+            are always paired this way; the reference datasets cannot be.
 
     Raises:
         DatasetError: unknown dataset, bad layout, too many missing files, ``unseen`` given for a
@@ -89,6 +95,9 @@ def load_split(
     """
     if unseen is not None and dataset not in ("generic", "openmoji-demo"):
         raise DatasetError(f"unseen classes can only be chosen for generic and openmoji-demo, not {dataset}")
+    if pair_by_stem and dataset in REFERENCE_DATASETS:
+        raise DatasetError(f"pairing by file stem is for generic data (openmoji-demo and QMUL are paired); "
+                           f"{dataset}'s split files pair by class only")
     quick = quick and part == "zero"
     if dataset in REFERENCE_DATASETS:
         return load_reference_split(
@@ -100,7 +109,7 @@ def load_split(
         else:
             split = load_qmul(root, "chair" if dataset == "qmul-chair" else "shoe", "test")
     elif dataset == "generic":
-        split = load_generic(root, unseen, unseen_fraction, split_seed, part)
+        split = load_generic(root, unseen, unseen_fraction, split_seed, part, pair_by_stem=pair_by_stem)
     elif dataset == "openmoji-demo":
         split = load_generic(root, unseen or _openmoji_unseen(Path(root)), part=part, pair_by_stem=True)
     else:
@@ -147,8 +156,9 @@ def quick_subset(split: SplitData, step: int = QUICK_SKETCH_STEP) -> SplitData:
 
 
 def instance_relevance_available(dataset: str, split: SplitData) -> bool:
-    """True when sketch-to-own-photo metrics (acc@1, acc@10) apply to this split."""
-    return dataset in INSTANCE_DATASETS and split.pairs is not None
+    """True when sketch-to-own-photo metrics (acc@1, acc@10) apply to this split (generic: when it was
+    paired by stem)."""
+    return (dataset in INSTANCE_DATASETS or dataset in STEM_PAIRED_DATASETS) and split.pairs is not None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -466,12 +466,48 @@ def _pair_by_stem(sketches: Sequence[Sample], photos: Sequence[Sample]) -> list[
 
 
 def _read_class_list(classes: str | os.PathLike[str] | Sequence[str]) -> list[str]:
-    """A list of class names, or a file with one name a line (blank lines and ``#`` comments skipped)."""
+    """A list of class names, or a file with one name a line (blank lines and ``#`` comments skipped).
+
+    A string that names no file is a comma-separated list of names (``"star"``, ``"star,moon"``), as
+    ``sbir evaluate --unseen`` takes it; a path object that names no file is an error.
+    """
     if isinstance(classes, str | os.PathLike):
-        with open(classes, encoding="utf-8-sig") as handle:
-            lines = [line.strip() for line in handle]
+        path = Path(classes)
+        if not path.is_file():
+            if isinstance(classes, os.PathLike):
+                raise DatasetError(f"{path}: no such file of unseen class names")
+            return [name.strip() for name in classes.split(",") if name.strip()]
+        try:
+            with open(path, encoding="utf-8-sig") as handle:
+                lines = [line.strip() for line in handle]
+        except (OSError, UnicodeDecodeError) as error:
+            raise DatasetError(f"{path}: cannot read the unseen class names ({error})") from None
         return [line for line in lines if line and not line.startswith("#")]
     return [str(name) for name in classes]
+
+
+def format_names(names: Sequence[str], limit: int = 20) -> str:
+    """``a, b, c`` (the first ``limit`` names, then how many more)."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def held_out_problem(split: SplitData) -> str | None:
+    """Why the held-out (unseen) part ``split`` cannot give meaningful figures, or None.
+
+    Fewer than 2 classes: every photo is relevant to every sketch, so mAP is 1.0 whatever the model
+    does. A class without photos: its sketches have nothing to find (they score nothing).
+    """
+    if len(split.classes) < 2:
+        names = format_names(split.classes) or "none"
+        return (f"only {len(split.classes)} held-out (unseen) class ({names}): every photo is relevant to every "
+                "sketch, so mAP would be 1.0 whatever the model does; hold out at least 2 classes")
+    with_photos = {sample.label for sample in split.photos}
+    without = [name for label, name in enumerate(split.classes) if label not in with_photos]
+    if without:
+        return (f"{len(without)} held-out (unseen) class(es) have no photo ({format_names(without)}): their "
+                "sketches have nothing to find; add photos or hold out other classes")
+    return None
 
 
 def split_classes(classes: Iterable[str], unseen_fraction: float = 0.2, seed: int = 0) -> list[str]:
@@ -508,7 +544,8 @@ def load_generic(
 
     Args:
         root: the dataset folder.
-        unseen_classes: the zero-shot classes, as a list or a file with one class name a line; when
+        unseen_classes: the zero-shot classes, as a list, a file with one class name a line, or a
+            string that names no file, read as comma-separated names; when
             ``None`` they are drawn by :func:`split_classes` with ``unseen_fraction`` and ``seed``.
         unseen_fraction, seed: see :func:`split_classes`.
         part: ``"zero"`` (unseen classes) or ``"train"`` (the others); labels number the part's classes
@@ -554,7 +591,8 @@ def load_generic(
         unknown = sorted(set(unseen) - set(all_classes))
         if unknown:
             raise DatasetError(
-                f"{root}: unseen class(es) not found as folders: {', '.join(unknown[:_EXAMPLES])}"
+                f"{root}: unseen class(es) not found as folders: {', '.join(unknown[:_EXAMPLES])} "
+                f"(classes: {format_names(all_classes)})"
             )
     unseen_set = set(unseen)
     classes = unseen if part == "zero" else [name for name in all_classes if name not in unseen_set]
@@ -579,6 +617,13 @@ def load_generic(
                 f"{root}: pair_by_stem found no sketch whose stem matches a photo of its class"
             )
     return split
+
+
+def unpaired_sketches(split: SplitData) -> list[Path]:
+    """The sketches of a split paired by stem that have no photo of their stem (all, when unpaired)."""
+    if split.pairs is None:
+        return [sample.path for sample in split.sketches]
+    return [sample.path for sample, pair in zip(split.sketches, split.pairs, strict=True) if pair < 0]
 
 
 _QMUL_FOLDERS = {"chair": "ChairV2", "shoe": "ShoeV2"}

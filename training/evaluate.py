@@ -42,7 +42,7 @@ from training.data import (
     load_split,
     with_full_gallery,
 )
-from training.datasets import Sample, SplitData
+from training.datasets import Sample, SplitData, held_out_problem
 from training.metrics import per_query_metrics, rank_by_distances, relevance_from_labels
 
 Retrieval = Literal["ret", "rn", "two-stage"]
@@ -422,6 +422,8 @@ def evaluate(
     num_workers: int | None = None,
     relation_chunk: int = 256,
     gallery: Literal["unseen", "all"] = "unseen",
+    pair_by_stem: bool = False,
+    allow_small_split: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the zero-shot (unseen) part of ``dataset``; return (and write) the report.
 
@@ -434,15 +436,21 @@ def evaluate(
             ``openmoji-demo``: category-level plus each sketch against its own photo).
         retrieval: ``ret``, ``rn`` or ``two-stage`` (see the module docstring).
         shortlist: K of the two-stage path (clamped to the gallery size).
-        unseen: generic / openmoji-demo: the unseen classes (list or file).
+        unseen: generic / openmoji-demo: the unseen classes (a list, a file with one name a line, or a
+            string naming no file, read as comma-separated names).
         quick: the reference's subsampled quick test.
+        pair_by_stem: generic: pair each sketch with the photo of its class of the same file stem, and
+            also measure each sketch against its own photo (acc@1, acc@10).
+        allow_small_split: evaluate even when fewer than 2 classes are held out or a held-out class
+            has no photo (refused by default: with one class mAP is 1.0 whatever the model does).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         progress: called with (fraction done in [0, 1], message).
         out: write the report there as JSON (atomically: a temporary file renamed into place).
         amp: half-precision autocast on CUDA, as the reference evaluates (ignored on the CPU).
 
     Returns:
-        The report: ``config``, ``checkpoint_sha256``, ``model``, ``dataset`` (sizes), ``metrics`` (reference
+        The report: ``config``, ``checkpoint_sha256``, ``model``, ``dataset`` (sizes and
+        ``held_out_classes``), ``warnings``, ``metrics`` (reference
         style: ``map_all``, ``map_200``, ``prec_100``, ``prec_200``, and ``acc_1``, ``acc_10`` for
         fine-grained / instance data), ``metrics_standard``, ``metric_styles``, ``pairs`` and
         ``pair_fraction`` (relation-network pair evaluations against Q x G), ``timings``.
@@ -465,9 +473,15 @@ def evaluate(
         )
     load_model_s = time.perf_counter() - started
     started = time.perf_counter()
-    split = load_split(dataset, root, "zero", unseen=unseen, quick=quick)
+    split = load_split(dataset, root, "zero", unseen=unseen, quick=quick, pair_by_stem=pair_by_stem)
+    held_out = list(split.classes)
+    problem = held_out_problem(split)
+    if problem is not None and not allow_small_split:
+        raise EvaluationError(f"{problem} (--unseen), or pass --allow-small-split to evaluate anyway")
     if gallery == "all":
-        split = with_full_gallery(split, load_split(dataset, root, "train", unseen=unseen))
+        split = with_full_gallery(
+            split, load_split(dataset, root, "train", unseen=unseen, pair_by_stem=pair_by_stem)
+        )
     elif gallery != "unseen":
         raise EvaluationError(f"gallery must be 'unseen' or 'all', got {gallery!r}")
     load_data_s = time.perf_counter() - started
@@ -506,6 +520,8 @@ def evaluate(
             "unseen": unseen_value,
             "quick": quick,
             "gallery": gallery,
+            "pair_by_stem": pair_by_stem,
+            "allow_small_split": allow_small_split,
             "batch_size": batch_size,
             "device": str(torch_device),
             "precision": "float16 autocast" if amp and torch_device.type == "cuda" else "float32",
@@ -518,6 +534,7 @@ def evaluate(
             "photos": len(split.photos),
             "classes": len(split.classes),
             "missing_files": split.missing.count if split.missing else 0,
+            "held_out_classes": held_out,
             "level": "fine-grained"
             if dataset in FINE_GRAINED_DATASETS
             else ("category + instance" if instance else "category"),
@@ -528,6 +545,7 @@ def evaluate(
         "pairs": pairs,
         "pair_fraction": pairs["fraction"] if retrieval != "ret" else None,
         "timings": timings,
+        "warnings": [f"--allow-small-split: {problem}; these figures mean little"] if problem else [],
     }
     if "metrics_instance" in result:
         report["metrics_instance"] = result["metrics_instance"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -198,22 +199,62 @@ def recipe_for(family: Family) -> FamilyRecipe:
     return RECIPES[family]
 
 
-def build_training_model(config: TrainConfig, recipe: FamilyRecipe, num_classes: int) -> nn.Module:
-    """The model to train: the preset with overrides adapted by ``recipe`` to ``num_classes`` seen
-    classes, or the weights of ``model.init_checkpoint``.
+def load_initial(config: TrainConfig, recipe: FamilyRecipe) -> nn.Module | None:
+    """The model of ``model.init_checkpoint`` (None without one), read before any data are.
 
     Raises:
-        ConfigError: ``model.init_checkpoint`` holds a model of another family.
+        ConfigError: the file does not exist or is no checkpoint (naming the file and the key), or it
+            holds a model of another family or another preset than ``model.name`` (naming both).
+    """
+    import models
+
+    path = config.model.init_checkpoint
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise ConfigError(f"model.init_checkpoint: {path} does not exist (set it to a checkpoint, e.g. "
+                          "weights/zse-openmoji-demo.pt, or remove the key to start from the preset)")
+    try:
+        initial = models.load_checkpoint(path)
+    except models.CheckpointError as error:
+        raise ConfigError(f"model.init_checkpoint: {error}") from None
+    family = getattr(initial, "family", "?")
+    name = getattr(getattr(initial, "config", None), "name", "?")
+    if family != recipe.family:
+        raise ConfigError(
+            f"model.init_checkpoint: a {family} checkpoint, but model.name is {recipe.family} "
+            f"({config.model.name!r}; {path} holds {name!r})"
+        )
+    if name != config.model.name and name in _preset_names():
+        raise ConfigError(
+            f"model.name is {config.model.name!r} but model.init_checkpoint {path} holds {name!r}: "
+            f"set model.name: {name} (the checkpoint decides the architecture) or choose another checkpoint"
+        )
+    return initial
+
+
+def _preset_names() -> set[str]:
+    import models
+
+    return set(models.preset_names())
+
+
+def build_training_model(
+    config: TrainConfig, recipe: FamilyRecipe, num_classes: int, initial: nn.Module | None = None
+) -> nn.Module:
+    """The model to train: the preset with overrides adapted by ``recipe`` to ``num_classes`` seen
+    classes, or the weights of ``model.init_checkpoint`` (``initial``, from :func:`load_initial`;
+    read here when not given).
+
+    Raises:
+        ConfigError: ``model.init_checkpoint`` is missing or holds a model of another family or preset.
     """
     import models
 
     model_config = model_config_with_overrides(config.model.name, config.model.overrides)
     if config.model.init_checkpoint is None:
         return models.build_model(recipe.model_config(model_config, num_classes))
-    initial = models.load_checkpoint(config.model.init_checkpoint)
-    if getattr(initial, "family", None) != recipe.family:
-        raise ConfigError(
-            f"model.init_checkpoint: a {getattr(initial, 'family', '?')} checkpoint, "
-            f"but model.name is {recipe.family}"
-        )
+    if initial is None:
+        initial = load_initial(config, recipe)
+        assert initial is not None
     return recipe.from_initial(initial, num_classes)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from training.config import ConfigError, TrainConfig, model_config_with_overrides
 from training.data import BalancedBatchDataset, StreamSampler, TripletDataset, load_split
-from training.datasets import SplitData
+from training.datasets import DatasetError, SplitData, held_out_problem, unpaired_sketches
 from training.families import FamilyRecipe
 from training.runtime import Runtime
 
@@ -82,11 +82,15 @@ def build_data(config: TrainConfig, recipe: FamilyRecipe, runtime: Runtime) -> T
         unseen_fraction=data.unseen_fraction,
         split_seed=data.split_seed,
         max_missing_fraction=data.max_missing_fraction,
+        pair_by_stem=config.pairs_by_stem,
     )
     train_split = load("train")
+    if config.family == "zse" and config.zse_settings.positive == "instance" and data.dataset == "generic":
+        check_instance_pairs(train_split)
     validation = None
     if config.validation.enabled:
         validation = load("zero", quick=config.validation.quick)
+        check_validation_split(config, validation)
     augment = resolve_augment(data.sketch_augment, data.sketch_augment_options)
     image_size = int(model_config_with_overrides(config.model.name, config.model.overrides).image_size)
     items = recipe.items(config, train_split, runtime.world_size, augment, image_size)
@@ -104,9 +108,40 @@ def build_data(config: TrainConfig, recipe: FamilyRecipe, runtime: Runtime) -> T
     )
 
 
+def check_instance_pairs(split: SplitData) -> None:
+    """``zse.positive: instance`` on generic data: every training sketch needs a photo of its stem.
+
+    Raises:
+        DatasetError: naming how many sketches have none, and the first few.
+    """
+    unpaired = unpaired_sketches(split)
+    if unpaired:
+        shown = ", ".join(str(path) for path in unpaired[:3]) + (", ..." if len(unpaired) > 3 else "")
+        raise DatasetError(
+            f"zse.positive: instance: {len(unpaired)} of {len(split.sketches)} training sketches have no photo "
+            f"of the same file stem in their class ({shown}); name each sketch after its photo, or use "
+            "positive: class"
+        )
+
+
+def check_validation_split(config: TrainConfig, split: SplitData) -> None:
+    """Refuse validation on a held-out part that cannot rank anything (fewer than 2 classes, or a
+    class without photos) unless ``validation.allow_small_split``.
+
+    Raises:
+        ConfigError: naming the classes and the settings that change them.
+    """
+    problem = held_out_problem(split)
+    if problem is not None and not config.validation.allow_small_split:
+        raise ConfigError(
+            f"validation: {problem} (data.unseen / data.unseen_fraction), turn validation off "
+            "(validation.enabled: false), or set validation.allow_small_split: true"
+        )
+
+
 def loader_options(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
     """The ``DataLoader`` keywords every family shares."""
-    workers = config.data.num_workers
+    workers = config.num_workers
     return {
         "num_workers": workers,
         "pin_memory": runtime.device.type == "cuda",

@@ -17,7 +17,7 @@ from torch import nn
 from training.checkpointing import RunState, save_best
 from training.config import TrainConfig
 from training.data import instance_relevance_available
-from training.datasets import SplitData
+from training.datasets import SplitData, held_out_problem
 from training.evaluate import FINE_GRAINED_DATASETS, evaluate_model
 from training.loaders import TrainingData
 from training.metrics_log import METRICS_LOG, MetricsLog
@@ -44,7 +44,7 @@ def validate(
             batch_size=config.validation.batch_size,
             device=runtime.device,
             amp=config.amp,
-            num_workers=config.data.num_workers,
+            num_workers=config.num_workers,
         )
     barrier(runtime)
     return result
@@ -135,14 +135,21 @@ def build_report(
     last_path: Path,
     best_path: Path,
     timings: dict[str, float],
+    *,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
-    """The report of a run (see :func:`training.train.train` for its keys)."""
+    """The report of a run (see :func:`training.train.train` for its keys). ``model``: the name of the
+    model trained (``model_name``, the checkpoint's when fine-tuning), else ``model.name``."""
+    warnings = []
+    if data.validation is not None and held_out_problem(data.validation) is not None:
+        warnings.append(f"validation.allow_small_split: {held_out_problem(data.validation)}; "
+                        "the validation figures and best.pt mean little")
     return {
         "status": status,
         "message": message,
         "run_dir": str(config.run_dir),
         "family": config.family,
-        "model": config.model.name,
+        "model": model_name or config.model.name,
         "step": state.step,
         "start_step": start_step,
         "total_steps": total_steps,
@@ -157,7 +164,9 @@ def build_report(
         "best": {"map_all": state.best_map, "step": state.best_step, "epoch": state.best_epoch},
         "last_validation": state.validations[-1] if state.validations else None,
         "final_loss": final_loss,
-        "data": {"train": _sizes(data.train), "validation": _sizes(data.validation)},
+        "data": {"train": _sizes(data.train), "validation": _sizes(data.validation),
+                 "held_out_classes": list(data.validation.classes) if data.validation is not None else None},
+        "warnings": warnings,
         "metrics_log": str(Path(config.run_dir) / METRICS_LOG),
         "timings": timings,
         "config": {**config.to_dict(), "resolved": resolved(config, data)},

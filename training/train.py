@@ -42,6 +42,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,12 @@ from training.checkpointing import (
     check_can_start,
     checkpoint_paths,
     load_last,
+    run_lock,
     save_last,
 )
 from training.config import TrainConfig, config_from_dict, load_config
-from training.families import build_training_model, recipe_for
+from training.datasets import format_names
+from training.families import build_training_model, load_initial, recipe_for
 from training.loaders import build_data
 from training.metrics_log import MetricsLog
 from training.optim import autocast_dtype, build_optimizer, build_scaler, build_scheduler
@@ -165,12 +168,15 @@ def train(
     """
     config = _as_config(config)
     started = time.perf_counter()
-    check_can_start(config)
-    runtime = setup_runtime(config.device)
-    try:
-        return _run(config, runtime, progress, should_stop, started)
-    finally:
-        teardown_runtime(runtime)
+    # Under torchrun every rank shares run_dir; rank 0 writes it, so rank 0 holds its lock.
+    lock: AbstractContextManager[None] = run_lock(Path(config.run_dir)) if int(os.environ.get("RANK", "0")) == 0 else nullcontext()
+    with lock:
+        check_can_start(config)
+        runtime = setup_runtime(config.device)
+        try:
+            return _run(config, runtime, progress, should_stop, started)
+        finally:
+            teardown_runtime(runtime)
 
 
 def _run(
@@ -184,9 +190,14 @@ def _run(
     run_dir = Path(config.run_dir)
     last_path, best_path = checkpoint_paths(run_dir)
     recipe = recipe_for(config.family)
+    initial = load_initial(config, recipe)  # a wrong init checkpoint fails before the data are read
     seed_everything(config.seed + runtime.rank)  # ranks differ in dropout; the data are seeded per item
     data = build_data(config, recipe, runtime)
-    model = build_training_model(config, recipe, num_classes=len(data.train.classes)).to(runtime.device)
+    if runtime.is_main and data.validation is not None:
+        classes = data.validation.classes
+        print(f"validation: {len(classes)} held-out (unseen) classes: {format_names(classes)}", file=sys.stderr)
+    model = build_training_model(config, recipe, len(data.train.classes), initial).to(runtime.device)
+    del initial
     model.train()
     objective = recipe.objective(config, model)
     recipe.freeze(config, model)
@@ -308,6 +319,11 @@ def _run(
                     save()
                 status, message = "stopped", f"stopped at step {state.step}; resume to continue"
                 break
+    except KeyboardInterrupt:
+        # Not saved here: a step cut in the middle would break exact resumption; the last checkpoint stands.
+        log.write({"event": "interrupted", "step": state.step, "last_checkpoint_step": state.last_saved_step})
+        log.close()
+        raise
     finally:
         bar.close()
         iterator = None
@@ -321,7 +337,7 @@ def _run(
     }
     report = build_report(
         config, data, state, status, message, start_step, total_steps, final_loss, runtime, last_path,
-        best_path, timings,
+        best_path, timings, model_name=str(getattr(model.config, "name", config.model.name)),
     )
     log.write({"event": "end", "step": state.step, "status": status, "message": message})
     log.close()

@@ -323,3 +323,77 @@ def test_an_unknown_gallery_is_refused(demo_root, zse_checkpoint):
 
     with pytest.raises(EvaluationError, match="gallery"):
         evaluate(zse_checkpoint, "openmoji-demo", demo_root, gallery="everything")
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out classes, --unseen as names, pairing by stem (issue 15)
+
+
+def _evaluate_cli(checkpoint: Path, root: Path, out: Path, *extra: str) -> int:
+    return main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "generic", "--root", str(root),
+                 "--out", str(out), "--num-workers", "0", *extra])
+
+
+def test_sbir_evaluate_refuses_one_held_out_class_unless_allowed(tmp_path, demo_root, zse_checkpoint, capsys):
+    # The default unseen fraction 0.2 of 6 classes holds out one class: mAP would be 1.0 for any model.
+    assert _evaluate_cli(zse_checkpoint, demo_root, tmp_path / "r.json") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "only 1 held-out (unseen) class (" in error
+    assert "--allow-small-split" in error and not (tmp_path / "r.json").exists()
+
+    assert _evaluate_cli(zse_checkpoint, demo_root, tmp_path / "r.json", "--unseen", "circle",
+                         "--allow-small-split") == 0
+    captured = capsys.readouterr()
+    assert "1 held-out (unseen) classes: circle\n" in captured.err
+    assert "warning: --allow-small-split: only 1 held-out (unseen) class (circle)" in captured.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["metrics"]["map_all"] == 1.0  # what the refusal protects against: every photo is relevant
+    assert report["dataset"]["held_out_classes"] == ["circle"] and report["warnings"]
+
+
+def test_sbir_evaluate_takes_unseen_names_and_prints_them(tmp_path, demo_root, zse_checkpoint, capsys):
+    assert _evaluate_cli(zse_checkpoint, demo_root, tmp_path / "r.json", "--unseen", "square,circle") == 0
+    captured = capsys.readouterr()
+    assert "sbir evaluate: 2 held-out (unseen) classes: circle, square\n" in captured.err
+    assert json.loads(captured.out)["held_out_classes"] == ["circle", "square"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["dataset"]["classes"], report["dataset"]["photos"], report["warnings"]) == (2, 8, [])
+
+    # A name that is neither a file nor a class: one line naming it (no FileNotFoundError).
+    assert _evaluate_cli(zse_checkpoint, demo_root, tmp_path / "r.json", "--unseen", "star") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "unseen class(es) not found as folders: star" in error
+    # A file, as before.
+    (tmp_path / "unseen.txt").write_text("cross\nhbar\n")
+    assert _evaluate_cli(zse_checkpoint, demo_root, tmp_path / "r.json", "--unseen",
+                         str(tmp_path / "unseen.txt")) == 0
+    assert json.loads(capsys.readouterr().out)["held_out_classes"] == ["cross", "hbar"]
+
+
+def test_sbir_evaluate_refuses_a_held_out_class_without_photos(tmp_path, zse_checkpoint, capsys):
+    import shutil
+
+    root = make_generic(tmp_path / "data")
+    shutil.rmtree(root / "photo" / "cross")
+    assert _evaluate_cli(zse_checkpoint, root, tmp_path / "r.json", "--unseen", "circle,cross") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "1 held-out (unseen) class(es) have no photo (cross)" in error
+
+
+def test_sbir_evaluate_pair_by_stem_measures_each_sketch_against_its_own_photo(tmp_path, demo_root,
+                                                                               zse_checkpoint, capsys):
+    assert _evaluate_cli(zse_checkpoint, demo_root, tmp_path / "plain.json", "--unseen", "circle,square") == 0
+    assert _evaluate_cli(zse_checkpoint, demo_root, tmp_path / "paired.json", "--unseen", "circle,square",
+                         "--pair-by-stem") == 0
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    paired = json.loads((tmp_path / "paired.json").read_text())
+    assert "acc_1" not in plain["metrics"] and plain["dataset"]["level"] == "category"
+    assert paired["dataset"]["level"] == "category + instance" and paired["config"]["pair_by_stem"] is True
+    # 8 photos: every sketch's own photo is within its first 10, so acc@10 is 1 exactly when each
+    # sketch got a photo (an unpaired sketch would count as NaN and a wrong pair could not change this).
+    assert paired["metrics_instance"]["acc_10"] == 1.0
+    split = load_split("generic", demo_root, "zero", unseen=["circle", "square"], pair_by_stem=True)
+    assert split.pairs is not None and [split.photos[p].path.stem for p in split.pairs] == [
+        sample.path.stem for sample in split.sketches
+    ]
+    assert paired["metrics"]["map_all"] == plain["metrics"]["map_all"]  # category figures unchanged
