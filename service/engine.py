@@ -28,6 +28,7 @@ from service.batching import DynamicBatcher
 from service.errors import NotFoundError, NotReadyError, NotSupportedError
 from service.query_cache import LRUCache, QueryCache, QueryRecord
 from service.settings import Settings
+from service.uploads import require_ink
 
 if TYPE_CHECKING:  # torch is imported only when something is loaded
     from models.interface import LoadedModel
@@ -363,6 +364,7 @@ class SearchEngine:
                                         f"rerank=true needs a model with a relation network; {model.name} has none")
 
             started = time.perf_counter()
+            require_ink(sketch_image)
             sketch_tensor = preprocess.sketch(sketch_image)
             embedding = self._embed(model, sketch_tensor)
             timings["embed"] = _elapsed_ms(started)

@@ -17,7 +17,8 @@ def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exi
     """Resolve a client-supplied path against the data roots.
 
     raw: absolute, or relative to a data root (the first root in which it exists, else the first).
-    Raises InvalidInputError for malformed paths, `..` or (with must_exist) a missing path;
+    Raises InvalidInputError for malformed paths, `..` or (with must_exist) a missing path (code
+    `data_root_missing` when the data root it would lie under is itself missing);
     ForbiddenError when no root is configured or the real path escapes every root.
     """
     if not raw or "\x00" in raw:
@@ -48,6 +49,10 @@ def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exi
         raise InvalidInputError("invalid_path", f"{field}: unusable path ({error.strerror or error})",
                                 field=field) from None
     if must_exist and not exists:
+        missing = [root for root in real_roots if real.is_relative_to(root) and not root.is_dir()]
+        if missing:  # the configured folder itself is not there: say so, not just "no such gallery"
+            raise InvalidInputError("data_root_missing", f"{field}: {raw!r} does not exist: the data root "
+                                    f"{missing[0]} is missing", field=field)
         raise InvalidInputError("path_not_found", f"{field}: {raw!r} does not exist", field=field)
     return real
 

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import (
     CarriedServiceError,
     InvalidInputError,
+    InvalidParameterError,
     TooLargeError,
     UnsupportedMediaTypeError,
     service_error_response,
@@ -24,6 +25,9 @@ from service.errors import (
 
 # Formats a sketch may arrive in; anything else is refused as unsupported media.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+# A sketch with fewer stroke pixels than this (or than it has pixels) is refused as blank: the crop to
+# the ink finds nothing to keep, and any ranking of it would be noise dressed up as scores.
+MIN_INK_PIXELS = 8
 # Room for the multipart boundaries and headers around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -148,3 +152,24 @@ def _too_many_pixels(max_pixels: int, width: int | None = None, height: int | No
 
 def _undecodable(error: BaseException) -> InvalidInputError:
     return InvalidInputError("undecodable_image", f"the image cannot be decoded: {error}")
+
+
+def require_ink(image: Image.Image) -> None:
+    """InvalidParameterError (422 `blank_sketch`) for a blank or near-blank sketch: fewer than
+    `MIN_INK_PIXELS` pixels dark enough to count as strokes (R+G+B <= preprocess.INK_THRESHOLD, after
+    transparency is put on white paper), so that `preprocess.sketch` would find no ink to crop to."""
+    import numpy as np
+
+    from models import preprocess
+
+    pixels = np.asarray(preprocess.to_rgb(image), dtype=np.uint8)
+    total = pixels[..., 0].astype(np.uint16)
+    total += pixels[..., 1]
+    total += pixels[..., 2]
+    ink = int(np.count_nonzero(total <= preprocess.INK_THRESHOLD))
+    if ink < min(MIN_INK_PIXELS, total.size):
+        raise InvalidParameterError(
+            "blank_sketch",
+            f"the sketch is blank: {ink} pixel(s) are dark enough to count as strokes (R+G+B <= "
+            f"{preprocess.INK_THRESHOLD}; transparent counts as white), so there is no ink to crop to and "
+            "search; draw with darker lines", field="sketch")

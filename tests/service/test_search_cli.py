@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from PIL import Image
+
 from service.cli import main
 from tests.support.api import search
 from tests.support.checkpoints import write_checkpoint
@@ -39,6 +41,8 @@ def test_errors_are_one_line_with_exit_status_2(workspace, tmp_path, capsys):
     sketch = tmp_path / "s.png"
     sketch.write_bytes(sketch_png())
     other = write_checkpoint(tmp_path / "other.pt", "zse-tiny", seed=1)
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (100, 100), "white").save(blank)
     cases = [
         (["search", str(tmp_path / "none.png"), "--index", str(workspace.index_dir)], "sketch not found"),
         (["search", str(sketch), "--index", str(tmp_path)], "not an index directory"),
@@ -46,6 +50,7 @@ def test_errors_are_one_line_with_exit_status_2(workspace, tmp_path, capsys):
          str(workspace.index_dir)),
         (["search", str(sketch), "--index", str(workspace.index_dir), "--checkpoint", str(tmp_path / "x.pt")],
          "checkpoint not found"),
+        (["search", str(blank), "--index", str(workspace.index_dir)], "the sketch is blank"),
     ]
     for argv, expected in cases:
         assert main([*argv, "--device", "cpu"]) == 2, argv

@@ -38,6 +38,20 @@ def serve(args: list[str], cwd: Path, **environment: str) -> tuple[subprocess.Po
     return process, f"http://127.0.0.1:{port}", log
 
 
+def wait_healthy(process: subprocess.Popen, base: str, log: Path, timeout: float = 120.0) -> None:
+    """Until GET /healthz answers 200 (the process must stay up meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+
+
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()
@@ -102,21 +116,15 @@ def test_flags_enable_admin_data_roots_and_index_root_and_start_up_says_so(works
     process, base, log = serve(["--checkpoint", str(workspace.checkpoint), "--admin-token-file", str(token_file),
                                 "--data-root", str(data), "--data-root", str(gone), "--index-root", str(root)], cwd)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait_healthy(process, base, log)
         with httpx.Client(base_url=base, timeout=60) as http:
             headers = {"Authorization": "Bearer file-token"}
             assert_error(http.post("/index/activate", json={"name": "none"}, headers=headers), 404, "unknown_index")
             assert_error(http.post("/index/activate", json={"name": "none"}, headers={"Authorization": "Bearer x"}),
                          403, "forbidden")
+            error = assert_error(http.post("/index/build", json={"gallery": str(gone / "photos"), "name": "x"},
+                                           headers=headers), 400, "data_root_missing")
+            assert error["message"] == f"gallery: '{gone / 'photos'}' does not exist: the data root {gone} is missing"
     finally:
         stop(process)
     text = log.read_text()
@@ -124,3 +132,19 @@ def test_flags_enable_admin_data_roots_and_index_root_and_start_up_says_so(works
     assert line.endswith(f"admin endpoints on (token from {token_file}); data roots {data}, {gone} (missing); "
                          f"index root {root}; jobs in {root / 'jobs.sqlite3'}"), line
     assert "file-token" not in text
+    assert sorted(path.name for path in cwd.iterdir()) == ["serve.log"]  # no sbir-jobs.sqlite3 here
+    assert (root / "jobs.sqlite3").is_file()
+
+
+def test_a_server_without_index_or_index_root_keeps_its_jobs_in_the_state_folder(workspace, tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    process, base, log = serve(["--checkpoint", str(workspace.checkpoint)], cwd, XDG_STATE_HOME=str(tmp_path / "state"))
+    try:
+        wait_healthy(process, base, log)
+        assert (tmp_path / "state" / "sbir" / "jobs.sqlite3").is_file()
+        assert httpx.get(f"{base}/jobs", timeout=30).json() == {"jobs": []}
+    finally:
+        stop(process)
+    assert sorted(path.name for path in cwd.iterdir()) == ["serve.log"]
+    assert f"jobs in {tmp_path / 'state' / 'sbir' / 'jobs.sqlite3'}" in log.read_text()

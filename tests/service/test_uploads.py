@@ -141,11 +141,18 @@ def test_no_index_loaded_is_503(make_settings):
         assert client.get("/healthz").status_code == 200
 
 
+# Opaque black in the modes whose zeros are transparent (or white, CMYK): all-zero images of them are
+# blank sketches (422 blank_sketch, test_result_paths.py), so these get a dark block to search.
+INK = {"LA": (0, 255), "P": 2, "CMYK": (0, 0, 0, 255), "RGBA": (0, 0, 0, 255)}
+
+
 def odd_image(mode: str, size: tuple[int, int], fmt: str = "PNG") -> bytes:
     image = Image.new(mode, size)
     if mode == "P":
         image.putpalette([0, 0, 0, 255, 255, 255] * 128)
         image.info["transparency"] = 0
+    if mode in INK:
+        image.paste(INK[mode], (0, 0, max(1, size[0] // 2), max(1, size[1] // 2)))
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
