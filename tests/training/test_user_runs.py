@@ -112,6 +112,22 @@ def test_the_shipped_generic_config_names_an_existing_checkpoint_of_its_model_an
     assert config.num_workers == max(0, min(4, (os.cpu_count() or 1) - 1)) == default_num_workers()
 
 
+def test_the_shipped_generic_config_trains_on_ones_own_folders(tmp_path, root, monkeypatch):
+    from training.config import config_from_dict
+
+    data = load_config(REPO / "configs" / "zse-generic.yaml").to_dict()
+    # As shipped, but on the generated folders and two steps of two triplets.
+    data["run_dir"] = str(tmp_path / "run")
+    data["data"] = {**data["data"], "root": str(root), "unseen": ["hbar", "vbar"]}
+    data["zse"] = {**data["zse"], "batch_size": 2}
+    data["schedule"] = {"epochs": 1, "epoch_size": 4}
+    data["tensorboard"] = False
+    monkeypatch.chdir(REPO)  # the config's paths are relative to the checkout, as sbir runs them
+    report = train(config_from_dict(data))
+    assert report["status"] == "completed" and report["step"] == 2
+    assert report["model"] == data["model"]["name"] and report["best_checkpoint"] is not None
+
+
 def test_a_missing_init_checkpoint_is_one_line_before_the_data_are_read(tmp_path, capsys):
     missing = tmp_path / "weights" / "zse-sketchy25.pt"
     # The data root does not exist either: reading the data first would report that instead.
