@@ -1,5 +1,7 @@
 """`sbir serve` set-up: its flags and help, one-line settings errors, the start-up line saying what is
-enabled, and a permanent load error (checkpoint and index disagree) ending the process."""
+enabled, a permanent load error (checkpoint and index disagree) ending the process, where the job
+store goes, and the admin endpoints as a new user meets them (a missing data root, the server's own
+weights as a training init)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from service.cli import main
 from service.settings import Settings
 from tests.support.api import assert_error
 from tests.support.checkpoints import write_checkpoint
+from tests.support.datasets import write_generic_dataset
 from tests.support.server import PROJECT_ROOT, free_port
 
 
@@ -110,7 +113,7 @@ def test_flags_enable_admin_data_roots_and_index_root_and_start_up_says_so(works
     token_file = tmp_path / "token"
     token_file.write_text("file-token\n")
     data, gone, root = tmp_path / "data", tmp_path / "gone", tmp_path / "indexes"
-    data.mkdir()
+    write_generic_dataset(data / "generic")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     process, base, log = serve(["--checkpoint", str(workspace.checkpoint), "--admin-token-file", str(token_file),
@@ -125,6 +128,22 @@ def test_flags_enable_admin_data_roots_and_index_root_and_start_up_says_so(works
             error = assert_error(http.post("/index/build", json={"gallery": str(gone / "photos"), "name": "x"},
                                            headers=headers), 400, "data_root_missing")
             assert error["message"] == f"gallery: '{gone / 'photos'}' does not exist: the data root {gone} is missing"
+
+            # The served checkpoint lies outside the data roots, and is accepted as a training init.
+            config = {"run_dir": "runs/x", "model": {"name": "zse-tiny", "init_checkpoint": str(workspace.checkpoint)},
+                      "data": {"dataset": "generic", "root": "generic", "num_workers": 0},
+                      "schedule": {"epochs": 1, "epoch_size": 2}}
+            created = http.post("/train", json={"config": config}, headers=headers)
+            assert created.status_code == 202, created.text
+            assert created.json()["params"]["config"]["model"]["init_checkpoint"] == str(workspace.checkpoint)
+            assert http.delete(f"/jobs/{created.json()['id']}", headers=headers).status_code == 200
+            elsewhere = write_checkpoint(tmp_path / "elsewhere.pt", "zse-tiny", seed=2)
+            config["model"]["init_checkpoint"] = str(elsewhere)
+            assert_error(http.post("/train", json={"config": config}, headers=headers), 403, "path_outside_data_roots")
+            created = http.post("/evaluate", json={"dataset": "generic", "root": "generic",
+                                                   "checkpoint": str(workspace.checkpoint)}, headers=headers)
+            assert created.status_code == 202, created.text
+            assert http.delete(f"/jobs/{created.json()['id']}", headers=headers).status_code == 200
     finally:
         stop(process)
     text = log.read_text()

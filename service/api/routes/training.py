@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Response
 
-from service.api.deps import AdminDep, JobsDep, SettingsDep
+from service.api.deps import AdminDep, EngineDep, JobsDep, SettingsDep
 from service.api.schemas import ErrorResponse, JobPublic, TrainCreate
 from service.errors import InvalidParameterError
 from service.paths import resolve_under_roots
@@ -30,12 +32,15 @@ _CONFIG_PATHS: tuple[tuple[tuple[str, ...], bool], ...] = (
     dependencies=[AdminDep],
     responses={code: {"model": ErrorResponse} for code in (400, 401, 403, 422)},
 )
-def start_training(body: TrainCreate, response: Response, jobs: JobsDep, settings: SettingsDep) -> JobPublic:
+def start_training(body: TrainCreate, response: Response, jobs: JobsDep, settings: SettingsDep,
+                   engine: EngineDep) -> JobPublic:
     """Validate the config (unknown keys and wrong types are refused, naming the key), confine its
-    paths to the data roots, and queue the run; the job's result is the training report."""
+    paths to the data roots (the served checkpoint is accepted as `model.init_checkpoint` wherever it
+    lies), and queue the run; the job's result is the training report."""
     from training.config import ConfigError, config_from_dict
 
-    config = confine_config_paths(body.config, settings.data_roots)
+    served = engine.model.path if engine.model is not None else settings.checkpoint
+    config = confine_config_paths(body.config, settings.data_roots, served_checkpoint=served)
     try:
         checked = config_from_dict({**config, "resume": body.resume}, source="config")
     except ConfigError as error:
@@ -46,8 +51,9 @@ def start_training(body: TrainCreate, response: Response, jobs: JobsDep, setting
     return JobPublic.from_job(job)
 
 
-def confine_config_paths(config: dict[str, Any], roots: Any) -> dict[str, Any]:
-    """A copy of `config` with every path resolved under the data roots (a path error names the key)."""
+def confine_config_paths(config: dict[str, Any], roots: Any, *, served_checkpoint: Path | None = None) -> dict[str, Any]:
+    """A copy of `config` with every path resolved under the data roots (a path error names the key);
+    `model.init_checkpoint` may also be the server's own checkpoint, wherever it lies."""
     confined: dict[str, Any] = {key: (dict(value) if isinstance(value, dict) else value)
                                 for key, value in config.items()}
     for keys, must_exist in _CONFIG_PATHS:
@@ -58,8 +64,22 @@ def confine_config_paths(config: dict[str, Any], roots: Any) -> dict[str, Any]:
         if not isinstance(value, str):
             continue  # the config validation names the wrong type
         field = "config." + ".".join(keys)
+        if keys == ("model", "init_checkpoint") and is_served_checkpoint(value, served_checkpoint):
+            container[keys[-1]] = os.path.realpath(value)
+            continue
         container[keys[-1]] = str(resolve_under_roots(value, roots, field, must_exist=must_exist))
     return confined
+
+
+def is_served_checkpoint(raw: str, served: Path | None) -> bool:
+    """Whether the path a client gave is (after resolving symlinks) the checkpoint being served: the
+    server's own weights are not a secret of the data roots."""
+    if served is None or not raw or "\x00" in raw or not os.path.isabs(raw):
+        return False
+    try:
+        return os.path.realpath(raw) == os.path.realpath(served)
+    except (OSError, ValueError):
+        return False
 
 
 def _container(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any] | None:
