@@ -12,6 +12,7 @@ import numpy as np
 from indexer import faiss_index
 from indexer.errors import IndexerError, IndexMismatchError
 from indexer.manifest import INDEX_FILE, read_manifest
+from indexer.manifest import built_with as manifest_built_with
 from indexer.records import ImageRecord, RecordTable
 from indexer.token_store import TokenStore
 
@@ -30,7 +31,7 @@ def open_index(directory: str | os.PathLike[str], checkpoint_hash: str | None = 
     built_with = manifest["model"]["checkpoint_sha256"]
     if checkpoint_hash is not None and checkpoint_hash != built_with:
         raise IndexMismatchError(
-            f"index {path} was built with checkpoint sha256 {built_with}, not {checkpoint_hash}"
+            f"index {path} was built with {manifest_built_with(manifest)}, not a checkpoint of sha256 {checkpoint_hash}"
         )
     return GalleryIndex(path, manifest, gpu=gpu)
 

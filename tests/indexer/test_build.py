@@ -237,6 +237,7 @@ def test_opening_or_adding_with_another_checkpoint_raises(tmp_path: Path, checkp
     with pytest.raises(IndexMismatchError) as caught:
         indexer.open(out, wrong)
     assert right in str(caught.value) and wrong in str(caught.value)
+    assert f"checkpoint {Path(checkpoint).absolute()} (sha256 {right})" in str(caught.value)  # which file built it
     with pytest.raises(IndexMismatchError, match=wrong):
         indexer.add(out, tmp_path / "gallery", other_checkpoint, **FAST)
     indexer.open(out, right).close()
