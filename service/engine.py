@@ -263,9 +263,11 @@ class SearchEngine:
                              directory, message)
             return False
         with self._state_lock:
-            if self._slot is not slot:  # swapped by someone else meanwhile: theirs stands
-                index.close()
-                return False
+            stale = self._slot is not slot  # swapped by someone else meanwhile: theirs stands
+        if stale:
+            self._signatures.pop(id(index), None)
+            index.close()
+            return False
         self.swap_index(index)
         logger.info("reloaded index %s: it was republished (%d photos now)", directory, len(index))
         return True

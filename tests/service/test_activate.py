@@ -93,3 +93,24 @@ def test_activate_reload_after_add_and_restart_with_zero_failed_searches(workspa
     finally:
         http.close()
         server.stop()
+
+
+def test_a_republished_index_of_another_checkpoint_is_refused_and_the_old_one_stays(make_settings, workspace,
+                                                                                   tmp_path, caplog):
+    from service.main import create_app
+    from tests.support.api import running, search
+
+    build = dict(device="cpu", num_workers=0, progress=False)
+    served = indexer.build(workspace.gallery_small, workspace.checkpoint, tmp_path / "indexes" / "served", **build)
+    app = create_app(make_settings(index_dir=served, index_watch_s=0))  # reloads called by hand below
+    with running(app) as client:
+        engine = app.state.engine
+        assert engine.reload_if_changed() is False  # unchanged
+        other = write_checkpoint(tmp_path / "other.pt", "zse-tiny", seed=1)
+        indexer.build(workspace.gallery, other, served, **build)
+        assert engine.reload_if_changed() is False
+        assert "cannot be served (still serving the previous one)" in caplog.text
+        assert client.get("/index").json()["size"] == 5 and search(client, k=2).status_code == 200
+        indexer.build(workspace.gallery, workspace.checkpoint, served, **build)
+        assert engine.reload_if_changed() is True
+        assert client.get("/index").json()["size"] == 8 and search(client, k=2).status_code == 200
