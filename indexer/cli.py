@@ -156,14 +156,12 @@ def _not_images(gallery: Path) -> list[str]:
 
 
 def _run(action: Any) -> Any:
-    """Run an indexer call, turning its user errors into the CLI's one-line errors."""
-    from indexer.errors import IndexerError
+    """Run an indexer call; Ctrl-C becomes one line saying that nothing published was touched (its
+    user errors are SbirErrors, printed by `sbir`'s main)."""
     from models.errors import CliError
 
     try:
         return action()
-    except IndexerError as error:
-        raise CliError(str(error)) from None
     except KeyboardInterrupt:
         raise CliError("interrupted; the published index is unchanged, and running the same command again "
                        "resumes from the finished shards") from None

@@ -25,13 +25,9 @@ def register(subparsers: Any) -> None:
 
 
 def _load(path: str) -> Any:
-    from models import CheckpointError, load_checkpoint
-    from models.errors import CliError
+    from models import load_checkpoint
 
-    try:
-        return load_checkpoint(path)
-    except CheckpointError as error:
-        raise CliError(str(error)) from None
+    return load_checkpoint(path)
 
 
 def _info(args: argparse.Namespace) -> int:

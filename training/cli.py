@@ -80,17 +80,13 @@ def register(subparsers: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from models.errors import CliError
-    from training.config import ConfigError, load_config
-    from training.datasets import DatasetError
+    from training.config import load_config
 
     try:
-        from training.train import TrainingError, train
+        from training.train import train
 
         config = load_config(args.config, **({"resume": True} if args.resume else {}))
         report = train(config)
-    except (ConfigError, DatasetError, TrainingError) as error:
-        raise CliError(str(error)) from None
     except KeyboardInterrupt:
         print(f"sbir train: {_interrupted(args)}", file=sys.stderr)
         return 130
@@ -138,29 +134,24 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"--shortlist must be at least 1, got {args.shortlist}")
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
-    from models import CheckpointError
-    from training.datasets import DatasetError
-    from training.evaluate import EvaluationError, evaluate
+    from training.evaluate import evaluate
 
-    try:
-        report = evaluate(
-            args.checkpoint,
-            args.dataset,
-            args.root,
-            retrieval=args.retrieval,
-            shortlist=args.shortlist,
-            unseen=args.unseen,
-            quick=args.quick,
-            batch_size=args.batch_size,
-            device=args.device,
-            out=args.out,
-            num_workers=args.num_workers,
-            gallery=args.gallery,
-            pair_by_stem=args.pair_by_stem,
-            allow_small_split=args.allow_small_split,
-        )
-    except (CheckpointError, DatasetError, EvaluationError) as error:
-        raise CliError(str(error)) from None
+    report = evaluate(
+        args.checkpoint,
+        args.dataset,
+        args.root,
+        retrieval=args.retrieval,
+        shortlist=args.shortlist,
+        unseen=args.unseen,
+        quick=args.quick,
+        batch_size=args.batch_size,
+        device=args.device,
+        out=args.out,
+        num_workers=args.num_workers,
+        gallery=args.gallery,
+        pair_by_stem=args.pair_by_stem,
+        allow_small_split=args.allow_small_split,
+    )
     from training.datasets import format_names
 
     held_out = report["dataset"]["held_out_classes"]

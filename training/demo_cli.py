@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     from models.errors import CliError
-    from training.demo_data import DemoDataError, DemoSettings, prepare
+    from training.demo_data import DemoSettings, prepare
 
     try:
         settings = DemoSettings(seed=args.seed, unseen_fraction=args.unseen_fraction, size=args.size)
@@ -57,18 +57,12 @@ def _prepare(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
-    try:
-        report = prepare(args.out, settings, cache=args.cache, workers=args.workers)
-    except DemoDataError as error:
-        raise CliError(str(error)) from None
+    report = prepare(args.out, settings, cache=args.cache, workers=args.workers)
     print(report.summary())
     from training.demo_extra import prepare_styles
 
-    try:
-        for line in prepare_styles(args.out, args.cache, size=args.size):
-            print(f"  {line}")
-    except DemoDataError as error:
-        raise CliError(str(error)) from None
+    for line in prepare_styles(args.out, args.cache, size=args.size):
+        print(f"  {line}")
     return 0
 
 
@@ -76,12 +70,9 @@ def _train(args: argparse.Namespace) -> int:
     from models.errors import CliError
     from training.demo_eval import evaluate_bank
     from training.demo_styles import evaluation_banks, training_bank
-    from training.demo_train import DemoRecipe, RecipeError, run
+    from training.demo_train import DemoRecipe, run
 
-    try:
-        recipe = DemoRecipe.from_file(args.recipe, steps=args.steps, run_dir=args.run_dir)
-    except RecipeError as error:
-        raise CliError(str(error)) from None
+    recipe = DemoRecipe.from_file(args.recipe, steps=args.steps, run_dir=args.run_dir)
     try:
         bank = training_bank(recipe.data_root, recipe.styles)
         queries, gallery = evaluation_banks(recipe.data_root)
@@ -94,8 +85,6 @@ def _train(args: argparse.Namespace) -> int:
     try:
         record = run(recipe, bank, evaluate=lambda model, step: evaluate_bank(model, queries, gallery),
                      resume=not args.restart)
-    except RecipeError as error:
-        raise CliError(str(error)) from None
     except KeyboardInterrupt:
         raise CliError(f"interrupted; the last checkpoint is in {recipe.run_dir} (run again to resume)") from None
     print(record)

@@ -495,14 +495,14 @@ def test_cli_rejects_bad_arguments_in_one_line(arguments: list[str], tmp_path: P
         args.handler(args)
 
 
-def test_cli_reports_a_missing_npm_as_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from models.errors import CliError
+def test_cli_reports_a_missing_npm_as_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no npm on PATH
-    args = _parser().parse_args(["demo", "prepare", "--out", str(tmp_path / "demo"),
-                                 "--cache", str(tmp_path / "cache")])
-    with pytest.raises(CliError, match="npm not found"):
-        args.handler(args)
+    status = main(["demo", "prepare", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "cache")])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1 and "npm not found" in error
     assert not (tmp_path / "demo").exists()
 
 
