@@ -38,7 +38,26 @@ def check_target(out: Path) -> None:
 def make_staging(out: Path) -> Path:
     """A new empty sibling folder of `out`, named after it and this process id."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
+    # mkdtemp makes the folder 0700; it becomes the published index, which should have the
+    # permissions of any folder made here (0777 less the umask), so that a server of another user
+    # (or a backup job) can read it.
+    staging.chmod(0o777 & ~_umask())
+    return staging
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (os.umask sets as it reads,
+    which would briefly open files that other threads create meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def publish(staging: Path, out: Path) -> None:

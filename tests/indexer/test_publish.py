@@ -56,3 +56,18 @@ def test_writer_lock_excludes_a_second_writer(tmp_path: Path) -> None:
                 pass
     with publish.writer_lock(out):
         pass
+
+
+def test_a_published_folder_has_the_umask_permissions_not_mkdtemps_0700(tmp_path: Path) -> None:
+    import os
+
+    from indexer.publish import make_staging, publish
+
+    previous = os.umask(0o022)
+    try:
+        staging = make_staging(tmp_path / "index")
+        (staging / "manifest.json").write_text("{}")
+        publish(staging, tmp_path / "index")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "index").stat().st_mode & 0o777 == 0o755
