@@ -26,9 +26,9 @@ def build_workspace(root: Path) -> tuple[Path, Path]:
 
     import indexer
     import models
-    from tests.service.conftest import _write_gallery
+    from tests.support.datasets import write_gallery
 
-    _write_gallery(root / "gallery", 8, seed=0)
+    write_gallery(root / "gallery", 8, seed=0)
     torch.manual_seed(0)
     checkpoint = root / "zse-tiny.pt"
     models.save_checkpoint(models.build_model("zse-tiny"), checkpoint)
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tests.reliability.fuzz_target import fuzz_app, fuzz_operation
     from tests.reliability.test_fuzz_api import OPERATIONS
-    from tests.service.conftest import running
+    from tests.support.api import running
 
     selected = [op for op in OPERATIONS if args.operation is None or f"{op[0]} {op[1]}" in args.operation]
     summary: dict[str, dict[str, object]] = {}
