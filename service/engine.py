@@ -442,7 +442,7 @@ def gallery_path(index: Any, record: Any) -> str:
     `galleries` entries, one per build or add); a photo outside that root (a manifest naming files
     elsewhere) keeps its absolute path."""
     path = Path(record.path)
-    for gallery in index.manifest.get("galleries") or ():
+    for gallery in getattr(index, "manifest", {}).get("galleries") or ():  # a stand-in index may have none
         first, last, root = gallery.get("first_id"), gallery.get("last_id"), gallery.get("root")
         if root is None or first is None or last is None or not int(first) <= int(record.id) <= int(last):
             continue
