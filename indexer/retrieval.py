@@ -206,10 +206,3 @@ class EmbeddedGallery:
 
     def record(self, image_id: int) -> Any:
         raise KeyError(image_id)  # no files behind an embedded gallery; its tokens are always there
-
-
-def rerank_all(model: Any, gallery: Any, sketch_tokens: Tokens, batch_size: int, device: torch.device,
-               amp: bool = False) -> np.ndarray:
-    """Relation scores [G] of the sketch against every photo of the gallery (ids 0..G-1): exhaustive
-    relation retrieval, the upper bound the two-stage path approximates."""
-    return relation_scores(model, gallery, sketch_tokens, np.arange(len(gallery)), batch_size, device, amp)

@@ -214,7 +214,9 @@ class Scorer:
         self.chunk_size = chunk_size
         self.amp = amp
         self.pairs = PairCount()
-        self.index = retrieval_path.EmbeddedGallery(photos.ret, photos.tokens, photos.kept)
+        # [Ret] retrieval ranks by the dense product below; only relation retrieval needs the gallery.
+        self.index = (retrieval_path.EmbeddedGallery(photos.ret, photos.tokens, photos.kept)
+                      if retrieval != "ret" else None)
 
     def _relation_row(self, sketches: Embeddings, row: int, ids: np.ndarray) -> torch.Tensor:
         assert sketches.tokens is not None and self.photos.tokens is not None
