@@ -11,7 +11,7 @@ import numpy as np
 
 from indexer import faiss_index
 from indexer.errors import IndexerError, IndexMismatchError
-from indexer.manifest import INDEX_FILE, read_manifest
+from indexer.manifest import INDEX_FILE, manifest_signature, read_manifest
 from indexer.manifest import built_with as manifest_built_with
 from indexer.records import ImageRecord, RecordTable
 from indexer.token_store import TokenStore
@@ -27,13 +27,16 @@ def open_index(directory: str | os.PathLike[str], checkpoint_hash: str | None = 
     gpu: search on all GPUs; None = when `faiss.get_num_gpus() > 0`.
     """
     path = Path(directory).expanduser().absolute()
+    signature = manifest_signature(path)  # before reading: a change meanwhile shows as a later change
     manifest = read_manifest(path)
     built_with = manifest["model"]["checkpoint_sha256"]
     if checkpoint_hash is not None and checkpoint_hash != built_with:
         raise IndexMismatchError(
             f"index {path} was built with {manifest_built_with(manifest)}, not a checkpoint of sha256 {checkpoint_hash}"
         )
-    return GalleryIndex(path, manifest, gpu=gpu)
+    index = GalleryIndex(path, manifest, gpu=gpu)
+    index.manifest_signature = signature
+    return index
 
 
 class GalleryIndex:
@@ -47,6 +50,9 @@ class GalleryIndex:
 
         self.directory = directory
         self.manifest = manifest
+        # The manifest file as opened (indexer.manifest.manifest_signature), for a server watching for
+        # a republish; set by `open_index`.
+        self.manifest_signature: tuple[int, ...] | None = None
         self._patch_index: Any = None  # opened on first use of `patch_index`
         self._patch_lock = threading.Lock()
         self._index: Any = faiss.read_index(str(directory / INDEX_FILE))

@@ -50,5 +50,15 @@ def built_with(manifest: dict[str, Any]) -> str:
     return f"{where} (sha256 {model.get('checkpoint_sha256')})"
 
 
+def manifest_signature(directory: Path) -> tuple[int, ...] | None:
+    """(inode, size, mtime ns) of an index directory's manifest, None when it is not there: each
+    publish renames a new directory into place, so a republished index has another manifest file."""
+    try:
+        found = (Path(directory) / MANIFEST_FILE).stat()
+    except OSError:
+        return None
+    return (found.st_ino, found.st_size, found.st_mtime_ns)
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     write_json_atomic(directory / MANIFEST_FILE, manifest)

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from indexer.manifest import MANIFEST_FILE
 from models.atomic import write_json_atomic
 
 STATE_FILE = "active-index.json"
-MANIFEST_FILE = "manifest.json"
 
 logger = logging.getLogger("service.active_index")
 

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from indexer.errors import IndexMismatchError
+from indexer.manifest import manifest_signature
 from models.errors import SbirError
-from service.active_index import MANIFEST_FILE, recorded_active
+from service.active_index import recorded_active
 from service.batching import DynamicBatcher
 from service.errors import NotFoundError, NotReadyError, NotSupportedError
 from service.query_cache import LRUCache, QueryCache, QueryRecord
@@ -96,7 +97,6 @@ class SearchEngine:
         self.explanations: LRUCache[tuple[Any, ...], Any] = LRUCache(EXPLANATION_CACHE_SIZE)
         self._generations = itertools.count()
         self.compute_lock = threading.Lock()
-        self._signatures: dict[int, tuple[int, ...] | None] = {}  # id(opened index) -> its manifest signature
         self._state_lock = threading.Lock()
         self._model: LoadedModel | None = None
         self._slot: _IndexSlot | None = None
@@ -194,14 +194,11 @@ class SearchEngine:
         model = self.model
         if model is None:
             raise RuntimeError("no model is loaded, so no index can be checked against it")
-        signature = manifest_signature(Path(directory))  # before opening: a change meanwhile is seen later
-        index = indexer.open(directory, checkpoint_hash=model.sha256)
-        self._signatures[id(index)] = signature
-        return index
+        return indexer.open(directory, checkpoint_hash=model.sha256)
 
     def swap_index(self, index: Any) -> None:
         """Serve `index` from now on; the previous one closes when its in-flight requests end."""
-        signature = self._signatures.pop(id(index), None)
+        signature = getattr(index, "manifest_signature", None)  # a stand-in index has none
         with self._state_lock:
             previous, self._slot = self._slot, _IndexSlot(index, next(self._generations), signature)
             self.explanations.clear()  # entries of older generations could never be asked for again
@@ -265,7 +262,6 @@ class SearchEngine:
         with self._state_lock:
             stale = self._slot is not slot  # swapped by someone else meanwhile: theirs stands
         if stale:
-            self._signatures.pop(id(index), None)
             index.close()
             return False
         self.swap_index(index)
@@ -425,16 +421,6 @@ def lookup_record(index: Any, image_id: int) -> Any:
         return index.record(image_id)
     except (KeyError, IndexError) as error:
         raise NotFoundError("unknown_image", f"image {image_id} is not in index {index.name!r}") from error
-
-
-def manifest_signature(directory: Path) -> tuple[int, ...] | None:
-    """(inode, size, mtime ns) of an index directory's manifest, None when it is not there: each
-    publish renames a new directory into place, so its manifest is another file."""
-    try:
-        found = (directory / MANIFEST_FILE).stat()
-    except OSError:
-        return None
-    return (found.st_ino, found.st_size, found.st_mtime_ns)
 
 
 def gallery_path(index: Any, record: Any) -> str:

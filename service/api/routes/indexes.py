@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from service.active_index import MANIFEST_FILE, record_active
+from indexer.manifest import MANIFEST_FILE
+from service.active_index import record_active
 from service.api.deps import AdminDep, EngineDep, JobsDep, SettingsDep
 from service.api.schemas import ErrorResponse, IndexActivate, IndexBuildCreate, IndexPublic, JobPublic
 from service.errors import ConflictError, NotFoundError, NotReadyError
