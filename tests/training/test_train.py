@@ -22,32 +22,13 @@ from models.amff import AMFF_PRESETS
 from models.checkpoint import read_state
 from models.config import ZSE_PRESETS
 from tests.support.checkpoints import IMAGE_SIZE
+from tests.support.configs import zse_config
 from tests.support.datasets import make_generic, make_tuberlin
 from training.config import ConfigError
 from training.data import BalancedBatchDataset, StreamSampler, TripletDataset, load_split
 from training.datasets import DatasetError
 from training.objectives import AMFFObjective, ZSEObjective
 from training.train import TrainingError, train
-
-
-def zse_config(run_dir: Path, root: Path, dataset: str = "tuberlin", **changes: Any) -> dict[str, Any]:
-    """A small ZSE run: zse-tiny at 64 px, 2-triplet batches, 3 steps an epoch, 2 epochs."""
-    config: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "seed": 7,
-        "model": {"name": "zse-tiny", "overrides": {"image_size": IMAGE_SIZE}},
-        "data": {"dataset": dataset, "root": str(root), "num_workers": 0},
-        "optim": {"lr": 1e-4},
-        "zse": {"batch_size": 2},
-        "schedule": {"epochs": 2, "epoch_size": 6, "log_every": 1},
-        "validation": {"batch_size": 8, "quick": False},
-    }
-    for section, values in changes.items():
-        if isinstance(values, dict):
-            config[section] = {**config.get(section, {}), **values}
-        else:
-            config[section] = values
-    return config
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import yaml
 from models.checkpoint import read_state
 from service.cli import main
 from tests.support.checkpoints import IMAGE_SIZE, write_checkpoint
+from tests.support.configs import with_sections, zse_config
 from tests.support.datasets import make_generic
 from training.config import ConfigError, default_num_workers, load_config
 from training.datasets import DatasetError
@@ -30,20 +31,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_config(run_dir: Path, root: Path, **sections: Any) -> dict[str, Any]:
     """Two steps of two triplets, validated on ``hbar`` and ``vbar`` unless ``data`` says otherwise."""
-    config: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "seed": 3,
-        "model": {"name": "zse-tiny", "overrides": {"image_size": IMAGE_SIZE}},
-        "data": {"dataset": "generic", "root": str(root), "unseen": ["hbar", "vbar"], "num_workers": 0},
-        "optim": {"lr": 1e-4},
-        "zse": {"batch_size": 2},
-        "schedule": {"epochs": 1, "epoch_size": 4, "log_every": 1, "checkpoint_every": 1},
-        "validation": {"batch_size": 8, "quick": False},
-        "tensorboard": False,
-    }
-    for section, values in sections.items():
-        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
-    return config
+    config = zse_config(run_dir, root, "generic", seed=3, data={"unseen": ["hbar", "vbar"]},
+                        schedule={"epochs": 1, "epoch_size": 4, "log_every": 1, "checkpoint_every": 1},
+                        tensorboard=False)
+    return with_sections(config, sections)
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:
