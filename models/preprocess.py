@@ -122,7 +122,7 @@ def _resize_bilinear(array: np.ndarray, width: int, height: int) -> np.ndarray:
     return resized.squeeze(0).permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _ink(array: np.ndarray) -> np.ndarray:
+def ink_mask(array: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] -> bool [H, W]: R+G+B <= INK_THRESHOLD (summed in uint16, which holds 3 * 255,
     so that no int32/int64 copy of the whole image is made)."""
     if array.dtype != np.uint8:
@@ -149,7 +149,7 @@ def _padded_box(ys: tuple[int, int], xs: tuple[int, int], height: int, width: in
 def crop_to_ink(array: np.ndarray, padding: int = CROP_PADDING) -> np.ndarray:
     """Crop [H, W, 3] to the strokes' bounding box plus padding; a blank image is left whole."""
     height, width, _ = array.shape
-    ys, xs = np.nonzero(_ink(array))
+    ys, xs = np.nonzero(ink_mask(array))
     if ys.size == 0:
         return array
     top, bottom, left, right = _padded_box((int(ys.min()), int(ys.max())), (int(xs.min()), int(xs.max())),
@@ -267,7 +267,7 @@ def _ink_box(image: Image.Image, peak: float | None) -> tuple[int, int, int, int
     xs: list[int] = []
     for y in range(0, height, tile_height):
         for x in range(0, width, tile_width):
-            ink = _ink(_rgb_tile(image, (x, y, min(x + tile_width, width), min(y + tile_height, height)), peak))
+            ink = ink_mask(_rgb_tile(image, (x, y, min(x + tile_width, width), min(y + tile_height, height)), peak))
             rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
             if rows.size:
                 ys += [y + int(rows[0]), y + int(rows[-1])]

@@ -162,12 +162,9 @@ def require_ink(image: Image.Image) -> None:
 
     from models import preprocess
 
-    pixels = np.asarray(preprocess.to_rgb(image), dtype=np.uint8)
-    total = pixels[..., 0].astype(np.uint16)
-    total += pixels[..., 1]
-    total += pixels[..., 2]
-    ink = int(np.count_nonzero(total <= preprocess.INK_THRESHOLD))
-    if ink < min(MIN_INK_PIXELS, total.size):
+    strokes = preprocess.ink_mask(np.asarray(preprocess.to_rgb(image), dtype=np.uint8))
+    ink = int(np.count_nonzero(strokes))
+    if ink < min(MIN_INK_PIXELS, strokes.size):
         raise InvalidParameterError(
             "blank_sketch",
             f"the sketch is blank: {ink} pixel(s) are dark enough to count as strokes (R+G+B <= "
