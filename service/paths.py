@@ -13,16 +13,21 @@ from pathlib import Path, PurePosixPath
 from service.errors import ForbiddenError, InvalidInputError
 
 
-def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exist: bool = True) -> Path:
+def resolve_under_roots(raw: str, roots: Sequence[Path], field: str, *, must_exist: bool = True,
+                        also: Path | None = None) -> Path:
     """Resolve a client-supplied path against the data roots.
 
     raw: absolute, or relative to a data root (the first root in which it exists, else the first).
+    also: one more file accepted wherever it lies when `raw` names it by an absolute path (the
+    served checkpoint: the server's own weights are not a secret of the data roots).
     Raises InvalidInputError for malformed paths, `..` or (with must_exist) a missing path (code
     `data_root_missing` when the data root it would lie under is itself missing);
     ForbiddenError when no root is configured or the real path escapes every root.
     """
     if not raw or "\x00" in raw:
         raise InvalidInputError("invalid_path", f"{field}: empty or malformed path", field=field)
+    if also is not None and os.path.isabs(raw) and _same_file(raw, also):
+        return Path(os.path.realpath(raw))
     if ".." in PurePosixPath(raw.replace("\\", "/")).parts:
         raise InvalidInputError("invalid_path", f"{field}: '..' is not allowed in paths", field=field)
     if not roots:
@@ -70,3 +75,11 @@ def _real_paths(roots: Sequence[Path]) -> list[Path]:
 def _inside(real: Path, real_roots: Sequence[Path]) -> bool:
     """Whether a real path (symlinks resolved) is one of the real roots or lies below one."""
     return any(real.is_relative_to(root) for root in real_roots)
+
+
+def _same_file(raw: str, other: Path) -> bool:
+    """Whether `raw` and `other` are one path after resolving symlinks."""
+    try:
+        return os.path.realpath(raw) == os.path.realpath(other)
+    except (OSError, ValueError):
+        return False

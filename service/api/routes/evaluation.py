@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter, Response
 
 from service.api.deps import AdminDep, EngineDep, JobsDep, SettingsDep
-from service.api.routes.training import is_served_checkpoint
 from service.api.schemas import ErrorResponse, EvaluateCreate, JobPublic
 from service.errors import InvalidParameterError
 from service.paths import resolve_under_roots
@@ -28,10 +25,8 @@ def start_evaluation(body: EvaluateCreate, response: Response, jobs: JobsDep, en
     `sbir evaluate` writes (metrics, metrics_standard, sizes, timings)."""
     root = resolve_under_roots(body.root, settings.data_roots, "root")
     served = engine.model.path if engine.model is not None else settings.checkpoint
-    if body.checkpoint is not None and is_served_checkpoint(body.checkpoint, served):
-        checkpoint = str(Path(body.checkpoint).resolve())
-    elif body.checkpoint is not None:
-        checkpoint = str(resolve_under_roots(body.checkpoint, settings.data_roots, "checkpoint"))
+    if body.checkpoint is not None:
+        checkpoint = str(resolve_under_roots(body.checkpoint, settings.data_roots, "checkpoint", also=served))
     elif engine.model is not None:
         checkpoint = str(engine.model.path)
     else:

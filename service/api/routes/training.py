@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -64,22 +63,9 @@ def confine_config_paths(config: dict[str, Any], roots: Any, *, served_checkpoin
         if not isinstance(value, str):
             continue  # the config validation names the wrong type
         field = "config." + ".".join(keys)
-        if keys == ("model", "init_checkpoint") and is_served_checkpoint(value, served_checkpoint):
-            container[keys[-1]] = os.path.realpath(value)
-            continue
-        container[keys[-1]] = str(resolve_under_roots(value, roots, field, must_exist=must_exist))
+        also = served_checkpoint if keys == ("model", "init_checkpoint") else None
+        container[keys[-1]] = str(resolve_under_roots(value, roots, field, must_exist=must_exist, also=also))
     return confined
-
-
-def is_served_checkpoint(raw: str, served: Path | None) -> bool:
-    """Whether the path a client gave is (after resolving symlinks) the checkpoint being served: the
-    server's own weights are not a secret of the data roots."""
-    if served is None or not raw or "\x00" in raw or not os.path.isabs(raw):
-        return False
-    try:
-        return os.path.realpath(raw) == os.path.realpath(served)
-    except (OSError, ValueError):
-        return False
 
 
 def _container(config: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any] | None:
