@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from indexer.publish import publish
 from training.demo_data import DemoDataError, fetch_npm_package
 
 Role = Literal["photo", "sketch", "icons", "cross"]
@@ -267,11 +268,7 @@ def prepare_style(demo: str | os.PathLike[str], style: Style, cache: str | os.Pa
                  "licence_detail": info.get("license", {})}
         build.mkdir(parents=True, exist_ok=True)
         (build / "stamp.json").write_text(json.dumps(stamp, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        old = out.parent / f".{style.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(build, out)
-        shutil.rmtree(old, ignore_errors=True)
+        publish(build, out)  # the project's folder publish: one atomic exchange on Linux
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return {**stamp, "action": "built", "seconds": round(time.monotonic() - started, 1)}
