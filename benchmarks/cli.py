@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "explain": "benchmarks.explain",
     "fuzz_api": "benchmarks.fuzz_api",
     "upload_memory": "benchmarks.upload_memory",
+    "gpu": "benchmarks.gpu",
 }
 
 
