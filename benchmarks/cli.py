@@ -14,6 +14,7 @@ from typing import Any
 BENCHMARKS: dict[str, str] = {
     "search_latency": "benchmarks.search_latency",
     "rerank": "benchmarks.rerank",
+    "fast_modes": "benchmarks.fast_modes",
     "quality_cost": "benchmarks.quality_cost",
     "server_throughput": "benchmarks.server_throughput",
     "index_build": "benchmarks.index_build",

@@ -141,7 +141,10 @@ def token_pool(model: Any, size: int) -> tuple[np.ndarray, np.ndarray | None]:
     return encoded.tokens.float().numpy(), kept
 
 
-def time_queries(engine: Any, sketches: Sequence[bytes], shortlist: int, k: int, warmup: int) -> dict[str, Any]:
+def time_queries(engine: Any, sketches: Sequence[bytes], shortlist: int, k: int, warmup: int,
+                 raw: bool = False) -> dict[str, Any]:
+    """Percentiles per stage of searching each sketch after ``warmup`` untimed ones (with ``raw``, the
+    seconds of each search per stage instead)."""
     from service.uploads import decode_sketch
 
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
@@ -157,6 +160,8 @@ def time_queries(engine: Any, sketches: Sequence[bytes], shortlist: int, k: int,
         for stage in ("embed", "ann", "rerank"):
             samples[stage].append(outcome.timings_ms[stage] / 1000.0)
         samples["total"].append(total_s)
+    if raw:
+        return dict(samples)
     return {stage: percentiles_ms(values) for stage, values in samples.items()}
 
 
@@ -164,7 +169,7 @@ def make_engine(checkpoint: Path, args: argparse.Namespace) -> Any:
     from service.engine import SearchEngine
     from service.settings import load_settings
 
-    settings = load_settings(checkpoint=checkpoint, device=args.device, batching=False,
+    settings = load_settings(checkpoint=checkpoint, device=args.device,
                              rerank_batch_size=args.rerank_batch_size, query_cache_size=8)
     engine = SearchEngine(settings)
     engine.load_model(checkpoint)

@@ -1,10 +1,10 @@
-"""Server throughput: requests/s and latency of `/search` under concurrent clients, with and without batching.
+"""Server throughput: requests/s and latency of `/search` under concurrent clients, per re-ranking mode.
 
     python -m benchmarks.server_throughput [--checkpoint CKPT --index DIR] [--concurrency 1,4,8]
         [--duration 20] [--shortlist 100]
 
-For each batching setting the real server (`sbir serve`, uvicorn) is started as a subprocess on a free
-loopback port with `SBIR_BATCHING` set; then for each concurrency level the load generator
+For each re-ranking mode (`SBIR_RERANK_MODE`: fp32, bf16, int8, ...) the real server (`sbir serve`,
+uvicorn) is started as a subprocess on a free loopback port; then for each concurrency level the load generator
 (`benchmarks.loadgen`) runs as a second process against each server in turn. Without `--index`, a small real index is
 built first from generated photos with the checkpoint (a random `--model` when none is given). Client
 and server share the machine's cores: the figures are for the whole box, as on a single-host deployment.
@@ -64,10 +64,9 @@ def launch_server(index: Path, checkpoint: Path, port: int, settings: dict[str, 
         return subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
 
 
-def start_server(index: Path, checkpoint: Path, port: int, batching: bool, args: argparse.Namespace,
+def start_server(index: Path, checkpoint: Path, port: int, mode: str, args: argparse.Namespace,
                  log: Path) -> subprocess.Popen[bytes]:
-    settings = dict(SBIR_BATCHING=str(batching).lower(), SBIR_BATCH_WAIT_MS=str(args.batch_wait_ms),
-                    SBIR_BATCH_MAX_SIZE=str(args.batch_max_size), SBIR_DEVICE=args.device,
+    settings = dict(SBIR_RERANK_MODE=mode, SBIR_DEVICE=args.device,
                     SBIR_RERANK_BATCH_SIZE=str(args.rerank_batch_size), SBIR_ADMIN_TOKEN="",
                     SBIR_JOBS_DB=str(log.parent / f"jobs-{port}.sqlite3"))
     return launch_server(index, checkpoint, port, settings, args.server_threads, log)
@@ -119,10 +118,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("--sketches", type=Path, default=None, help="folder of sketch images (default: generated)")
-    parser.add_argument("--modes", default="off,on", help="batching settings to compare")
+    parser.add_argument("--modes", default="fp32,bf16", help="re-ranking modes to compare (SBIR_RERANK_MODE)")
     parser.add_argument("--repeats", type=int, default=1, help="measurements per level and setting (ABBA order)")
-    parser.add_argument("--batch-wait-ms", type=float, default=2.0)
-    parser.add_argument("--batch-max-size", type=int, default=16)
     parser.add_argument("--rerank-batch-size", type=int, default=64)
     parser.add_argument("--server-threads", type=int, default=None, help="OMP_NUM_THREADS of the server")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
@@ -136,51 +133,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = header("server_throughput", argv)
     levels = [int(value) for value in args.concurrency.split(",")]
-    modes = [mode.strip() == "on" for mode in args.modes.split(",")]
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     report.update(k=args.k, shortlist=args.shortlist, duration_s=args.duration, server_threads=args.server_threads,
-                  batch_wait_ms=args.batch_wait_ms, batch_max_size=args.batch_max_size, results=[])
+                  modes=modes, results=[])
     with tempfile.TemporaryDirectory(prefix="sbir-throughput-") as temporary:
         root = Path(temporary)
         checkpoint = args.checkpoint or models.save_checkpoint(models.build_model(args.model), root / "model.pt")
         index = args.index or build_index(root, checkpoint, args.photos)
         report.update(checkpoint=str(args.checkpoint) if args.checkpoint else f"random {args.model}",
                       index=str(args.index) if args.index else f"generated, {args.photos} photos")
-        # One server per batching setting, all started first; the levels then alternate between them, so
-        # that a busy spell of the (shared) machine does not fall on one setting only.
-        servers: dict[bool, tuple[str, subprocess.Popen[bytes]]] = {}
+        # One server per mode, all started first; the levels then alternate between them, so that a busy
+        # spell of the (shared) machine does not fall on one mode only.
+        servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
         try:
-            for batching in modes:
+            for mode in modes:
                 port = free_port()
-                servers[batching] = (f"http://127.0.0.1:{port}",
-                                     start_server(index, checkpoint, port, batching, args, root / "server.log"))
+                servers[mode] = (f"http://127.0.0.1:{port}",
+                                 start_server(index, checkpoint, port, mode, args, root / "server.log"))
             for url, server in servers.values():
                 wait_ready(url, server)
             for concurrency in levels:
                 for repeat in range(args.repeats):
                     # ABBA order over repeats: a drift in the machine's load favours neither setting.
-                    for batching in (modes if repeat % 2 == 0 else modes[::-1]):
-                        url = servers[batching][0]
+                    for number, mode in enumerate(modes if repeat % 2 == 0 else modes[::-1]):
+                        url = servers[mode][0]
                         result = run_load(url, concurrency, args,
-                                          root / f"load-{int(batching)}-{concurrency}-{repeat}.json")
-                        result.update(batching=batching, repeat=repeat)
+                                          root / f"load-{number}-{concurrency}-{repeat}.json")
+                        result.update(mode=mode, repeat=repeat)
                         report["results"].append(result)
-                        print(f"batching {'on ' if batching else 'off'} x{concurrency}: "
+                        print(f"{mode} x{concurrency}: "
                               f"{result['requests_per_s']:.2f} req/s, p50 {result['latency_ms']['p50']} ms, "
                               f"p95 {result['latency_ms']['p95']} ms, statuses {result['status_counts']}")
         finally:
             for _, server in servers.values():
                 stop_server(server)
         report["server_log_tail"] = (root / "server.log").read_text(errors="replace")[-2000:]
-    by_level: dict[int, dict[bool, list[float]]] = {}
+    by_level: dict[int, dict[str, list[float]]] = {}
     for result in report["results"]:
-        by_level.setdefault(result["concurrency"], {}).setdefault(result["batching"], []).append(
+        by_level.setdefault(result["concurrency"], {}).setdefault(result["mode"], []).append(
             result["requests_per_s"])
-    report["requests_per_s_mean"] = {str(level): {("on" if mode else "off"): round(sum(rates) / len(rates), 3)
+    report["requests_per_s_mean"] = {str(level): {mode: round(sum(rates) / len(rates), 3)
                                                   for mode, rates in by_mode.items()}
                                      for level, by_mode in by_level.items()}
-    report["batching_speedup"] = {level: round(rates["on"] / rates["off"], 3)
-                                  for level, rates in report["requests_per_s_mean"].items()
-                                  if rates.get("off") and "on" in rates}
+    first = modes[0]
+    report["speedup_vs_first_mode"] = {level: {mode: round(rate / rates[first], 3) for mode, rate in rates.items()}
+                                       for level, rates in report["requests_per_s_mean"].items() if rates.get(first)}
     finish(report, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from models.device import autocast, inference_dtype
+from models.rerank_mode import EXACT, Reranking
 
 logger = logging.getLogger("indexer.retrieval")
 
@@ -65,14 +66,16 @@ def can_rerank(model: Any) -> bool:
 # 1. Embed
 
 
-def embed_sketches(model: Any, sketches: torch.Tensor, device: torch.device, amp: bool = False
-                   ) -> list[SketchEmbedding]:
+def embed_sketches(model: Any, sketches: torch.Tensor, device: torch.device, amp: bool = False,
+                   reranking: Reranking = EXACT) -> list[SketchEmbedding]:
     """sketches [B, 3, 224, 224] (preprocessed) -> B embeddings, from one forward pass.
 
     Each sketch's result equals embedding it alone (the encoder has no cross-sample interaction),
-    up to the float rounding of a different batch size.
+    up to the float rounding of a different batch size. A bf16 ``reranking`` mode embeds in
+    bfloat16 too (the query's share of the model; the gallery keeps its float32 embeddings).
     """
-    with torch.inference_mode(), autocast(device, inference_dtype(device, amp)):
+    dtype = torch.bfloat16 if reranking.mode.precision == "bf16" else inference_dtype(device, amp)
+    with torch.inference_mode(), autocast(device, dtype):
         encoded = model.encode(sketches.to(device), "sketch")
     rets = encoded.ret.detach().float().cpu().numpy().astype(np.float32, copy=False)
     tokens = None if encoded.tokens is None else encoded.tokens.detach().float().cpu()
@@ -88,9 +91,10 @@ def embed_sketches(model: Any, sketches: torch.Tensor, device: torch.device, amp
     ]
 
 
-def embed_sketch(model: Any, sketch: torch.Tensor, device: torch.device, amp: bool = False) -> SketchEmbedding:
+def embed_sketch(model: Any, sketch: torch.Tensor, device: torch.device, amp: bool = False,
+                 reranking: Reranking = EXACT) -> SketchEmbedding:
     """sketch [3, 224, 224] (preprocessed) -> its retrieval vector and tokens."""
-    return embed_sketches(model, sketch.unsqueeze(0), device, amp)[0]
+    return embed_sketches(model, sketch.unsqueeze(0), device, amp, reranking)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,18 +142,44 @@ def relation_scores(
     batch_size: int,
     device: torch.device,
     amp: bool = False,
+    reranking: Reranking = EXACT,
 ) -> np.ndarray:
     """Relation scores [P] float32 in (0, 1) of the sketch against each photo in ``ids`` (in that
     order), computed ``batch_size`` photos at a time on ``device``.
 
     The model's relation scorer (``model.relation_scorer``, the fastest exact path) computes the
     sketch side once per query; each batch's photo tokens are read (and dequantised) from the
-    gallery only when that batch is scored.
+    gallery only when that batch is scored. ``reranking`` picks the precision
+    (``models.rerank_mode``); with a cascade of M, the M best photos of the fast scores are scored
+    again exactly, and the others' fast scores are lowered by one common offset where needed so that
+    none ranks above an exactly scored one (their order among themselves is kept).
     """
+    mode = reranking.mode
+    scores = _scores(model, gallery, sketch_tokens, ids, batch_size, device, amp, reranking)
+    if not mode.cascade or len(ids) == 0:
+        return scores
+    top = np.argsort(-scores, kind="stable")[: mode.cascade]
+    exact = _scores(model, gallery, sketch_tokens, np.asarray(ids)[top], batch_size, device, amp, EXACT)
+    rest = np.ones(len(ids), dtype=bool)
+    rest[top] = False
+    if rest.any():
+        excess = float(scores[rest].max()) - float(exact.min())
+        if excess >= 0:
+            scores[rest] -= np.float32(excess) + np.float32(1e-6)
+    scores[top] = exact
+    return scores
+
+
+def _scores(model: Any, gallery: Any, sketch_tokens: Tokens, ids: Sequence[int] | np.ndarray, batch_size: int,
+            device: torch.device, amp: bool, reranking: Reranking) -> np.ndarray:
+    """Every photo of ``ids`` scored in ``reranking``'s precision: [P] float32."""
     sketch = sketch_tokens.to(device)
     scores = np.empty(len(ids), dtype=np.float32)
-    with torch.inference_mode(), autocast(device, inference_dtype(device, amp)):
-        scorer = model.relation_scorer(sketch.tokens, sketch.kept)
+    precision = reranking.mode.precision
+    # fp32 keeps the device's inference autocast (float16 on CUDA when ``amp``; none on a CPU).
+    dtype = torch.bfloat16 if precision == "bf16" else inference_dtype(device, amp)
+    with torch.inference_mode(), autocast(device, dtype):
+        scorer = model.relation_scorer(sketch.tokens, sketch.kept, reranking.int8)
         if scorer is None:
             raise ValueError(f"{getattr(model, 'family', '?')} models have no relation network to re-rank with")
         for start in range(0, len(ids), batch_size):

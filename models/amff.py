@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import timm
 import torch
@@ -200,7 +200,8 @@ class AMFFModel(nn.Module):
     def forward(self, images: torch.Tensor) -> Encoded:
         return self.encode(images)
 
-    def relation_scorer(self, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None = None) -> None:
+    def relation_scorer(self, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None = None,
+                        int8: Any = None) -> None:
         """AMFF has no relation network (see ``has_relation``)."""
         return None
 

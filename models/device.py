@@ -7,7 +7,10 @@ code as the CPU path it is tested through.
 
 from __future__ import annotations
 
+import math
+import os
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,3 +55,31 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota
+    (``cpu.max``, as a container's ``--cpus`` sets it), at least 1.
+
+    ``os.cpu_count()`` counts the host's cores; torch's default follows it, and more threads than the
+    quota allows made re-ranking 2-4x slower here (benchmarks/RESULTS.md, "torch intra-op threads").
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text(encoding="ascii").split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def configure_threads(requested: int | None = None) -> int:
+    """Set torch's intra-op threads to ``requested`` or :func:`usable_cores`; returns the number set."""
+    threads = requested or usable_cores()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads

@@ -16,6 +16,10 @@ restructured for throughput:
 
 Shapes: P photos, T = 1 + N tokens (N = 196 on the 14x14 grid), D width, H heads, A = 49 anchors,
 K kernel channels. Works unchanged on CUDA; under autocast the norms run in float32.
+
+Fast modes (not exact; their cost in ranking is measured in benchmarks/RESULTS.md): the caller's
+bfloat16 autocast, or ``int8``, the photo projections and each layer's out_proj / fc1 / fc2 as int8
+products (``models.int8``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.cross_attention import UnbiasedLayerNorm
+from models.int8 import Int8Relation
 
 # Which input each projection of each cross-attention layer reads, per form (see models.cross_attention).
 PROJECTION_SOURCES = {
@@ -102,14 +107,19 @@ def fused_photo_weights(model: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def prepare_photos(model: Any, photo_tokens: torch.Tensor, photo_kept: torch.Tensor | None = None,
-                   weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> PreparedPhotos:
+                   weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   int8: Int8Relation | None = None) -> PreparedPhotos:
     """Photo tokens [P, T', D] (T' = 1 + kept count) -> PreparedPhotos on their device.
 
-    weights: `fused_photo_weights(model)`, when the caller keeps it across calls.
+    weights: `fused_photo_weights(model)`, when the caller keeps it across calls; int8: the int8
+    layers (`models.int8.int8_relation`) to project with instead.
     """
     tokens, mask = _full_grid(model, photo_tokens, photo_kept)
-    weight, bias = fused_photo_weights(model) if weights is None else weights
-    fused = F.linear(tokens, weight.to(tokens.dtype), bias.to(tokens.dtype))  # [P, T, n * D]
+    if int8 is not None:
+        fused = int8.photo(tokens).to(tokens.dtype)  # [P, T, n * D]
+    else:
+        weight, bias = fused_photo_weights(model) if weights is None else weights
+        fused = F.linear(tokens, weight.to(tokens.dtype), bias.to(tokens.dtype))  # [P, T, n * D]
     dim = tokens.shape[-1]
     projected = {}
     for number, (name, role) in enumerate(_photo_projections(model)):
@@ -125,13 +135,17 @@ class RelationScorer:
     >>> scores = scorer.score(photo_tokens, photo_kept)              # [P] in (0, 1)
 
     `model` is a `ZSEModel` in eval mode (dropout is not applied here); no gradients are recorded.
+    With ``int8`` (`models.int8.int8_relation(model)`), the photo projections and each layer's
+    out_proj / fc1 / fc2 are int8 products: a fast mode, not exact.
     """
 
     @torch.no_grad()
-    def __init__(self, model: Any, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None = None) -> None:
+    def __init__(self, model: Any, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None = None,
+                 int8: Int8Relation | None = None) -> None:
         if sketch_tokens.shape[0] != 1:
             raise ValueError(f"RelationScorer takes one sketch, got sketch_tokens of shape {tuple(sketch_tokens.shape)}")
         self.model = model
+        self.int8 = int8
         self.photo_weights = fused_photo_weights(model)
         sources = PROJECTION_SOURCES[model.cross.form]
         tokens, mask = _full_grid(model, sketch_tokens, None if sketch_kept is None else sketch_kept[:1])
@@ -149,6 +163,12 @@ class RelationScorer:
         found = self.sketch_projected.get((name, role))
         return photos.projected[(name, role)] if found is None else found
 
+    def _linear(self, name: str, part: str, x: torch.Tensor) -> torch.Tensor:
+        """One of a cross-attention layer's out_proj / fc1 / fc2 applied to x [P, N, D_in]."""
+        if self.int8 is None:
+            return getattr(getattr(self.model.cross, name), part)(x)
+        return self.int8.layers[(name, part)](x).to(x.dtype)
+
     def _layer(self, name: str, photos: PreparedPhotos, residual: torch.Tensor, key_mask: torch.Tensor | None
                ) -> torch.Tensor:
         """One cross-attention layer for the N grid queries: [P, N, D]."""
@@ -162,9 +182,9 @@ class RelationScorer:
         attended = attended.transpose(1, 2).reshape(pairs, q.shape[2], -1)
         # In-place adds and ReLU: on a CPU, allocating and touching fresh [P, N, D] buffers costs as
         # much as the arithmetic of these element-wise steps.
-        x = unbiased_post_norm(layer.out_proj(attended).add_(residual), layer.norm1)
-        hidden = F.relu(layer.fc1(x), inplace=True)
-        return unbiased_post_norm(layer.fc2(hidden).add_(x), layer.norm2)
+        x = unbiased_post_norm(self._linear(name, "out_proj", attended).add_(residual), layer.norm1)
+        hidden = F.relu(self._linear(name, "fc1", x), inplace=True)
+        return unbiased_post_norm(self._linear(name, "fc2", hidden).add_(x), layer.norm2)
 
     def _anchors(self, grid_tokens: torch.Tensor) -> torch.Tensor:
         """[P, N, D] -> [P, A, K], as `ZSEModel.anchors` (the token buffer read as a (D, 14, 14) map)."""
@@ -177,7 +197,7 @@ class RelationScorer:
     def kernel(self, photos: torch.Tensor | PreparedPhotos, photo_kept: torch.Tensor | None = None) -> torch.Tensor:
         """Cosine kernel [P, A, A] float32 of the sketch against photo tokens [P, T', D] (or prepared)."""
         if not isinstance(photos, PreparedPhotos):
-            photos = prepare_photos(self.model, photos, photo_kept, self.photo_weights)
+            photos = prepare_photos(self.model, photos, photo_kept, self.photo_weights, self.int8)
         if len(photos) == 0:
             anchors = self.model.config.num_anchors
             return photos.tokens.new_empty(0, anchors, anchors, dtype=torch.float32)
@@ -195,4 +215,7 @@ class RelationScorer:
         if kernel.shape[0] == 0:
             return kernel.new_empty(0)
         head = self.model.relation_head
-        return head(kernel.to(head.layers[0].weight.dtype)).float()
+        # The head outside autocast: in half precision its sigmoid output moves in steps of 1/256 near
+        # 0.5 and ties photos that float32 ranks apart; it is a small share of the cost.
+        with torch.autocast(kernel.device.type, enabled=False):
+            return head(kernel.to(head.layers[0].weight.dtype)).float()

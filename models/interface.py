@@ -38,8 +38,8 @@ class RetrievalModel(Protocol):
 
     def encode(self, images: torch.Tensor, modality: str = "photo") -> Encoded: ...
 
-    def relation_scorer(self, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None = None
-                        ) -> Any | None: ...
+    def relation_scorer(self, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None = None,
+                        int8: Any = None) -> Any | None: ...
 
 
 @dataclass(frozen=True)

@@ -222,12 +222,14 @@ class ZSEModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(images).ret
 
-    def relation_scorer(self, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None = None) -> Any:
+    def relation_scorer(self, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None = None,
+                        int8: Any = None) -> Any:
         """The fast exact scorer of one sketch (tokens [1, T', D]) against many photos: the sketch side
-        computed once (models.fast_relation.RelationScorer; same scores as ``relation``)."""
+        computed once (models.fast_relation.RelationScorer; same scores as ``relation``). With
+        ``int8`` (``models.int8.int8_relation(self)``) its large products are int8: not exact."""
         from models.fast_relation import RelationScorer
 
-        return RelationScorer(self, sketch_tokens, sketch_kept)
+        return RelationScorer(self, sketch_tokens, sketch_kept, int8)
 
     def _full_grid(
         self, tokens: torch.Tensor, kept: torch.Tensor | None

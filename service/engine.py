@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,6 @@ from indexer.errors import IndexMismatchError
 from indexer.manifest import manifest_signature
 from models.errors import SbirError
 from service.active_index import recorded_active
-from service.batching import DynamicBatcher
 from service.errors import NotFoundError, NotReadyError, NotSupportedError
 from service.query_cache import LRUCache, QueryCache, QueryRecord
 from service.settings import Settings
@@ -99,6 +98,7 @@ class SearchEngine:
         self.compute_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._model: LoadedModel | None = None
+        self._reranking: Any = None  # models.rerank_mode.Reranking of the loaded model
         self._slot: _IndexSlot | None = None
         self._load_error: str | None = None
         self._loaded = threading.Event()
@@ -107,13 +107,6 @@ class SearchEngine:
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watch_failure: tuple[tuple[int, ...] | None, str] | None = None
-        self._batcher: DynamicBatcher[Any, Any] | None = None
-        if settings.batching:
-            # The batch is gathered once the model lock is free, so searches that queued behind another
-            # request's re-ranking share one forward pass.
-            self._batcher = DynamicBatcher(self._embed_batch, max_batch=settings.batch_max_size,
-                                           max_wait_s=settings.batch_wait_ms / 1000.0, lock=self.compute_lock,
-                                           name="sbir-embed-batcher")
 
     # Loading -------------------------------------------------------------------------------
 
@@ -177,14 +170,19 @@ class SearchEngine:
 
     def load_model(self, checkpoint: Path) -> LoadedModel:
         import models
+        from models.device import configure_threads
+        from models.rerank_mode import Reranking, RerankMode
 
         started = time.perf_counter()
+        threads = configure_threads(self.settings.torch_threads)
         loaded = models.load(checkpoint, self.settings.device)
         device = loaded.device
+        reranking = Reranking.prepare(loaded.model, RerankMode.parse(self.settings.rerank_mode))
         with self._state_lock:
             self._model = loaded
-        logger.info("loaded %s (%s) on %s in %.1fs", loaded.name, loaded.family, device,
-                    time.perf_counter() - started)
+            self._reranking = reranking
+        logger.info("loaded %s (%s) on %s in %.1fs; re-ranking %s, %d torch threads", loaded.name, loaded.family,
+                    device, time.perf_counter() - started, reranking.mode.label, threads)
         return loaded
 
     def open_index(self, directory: Path) -> Any:
@@ -272,8 +270,6 @@ class SearchEngine:
         self._watch_stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=10)
-        if self._batcher is not None:
-            self._batcher.close()
         with self._state_lock:
             if self._slot is not None:
                 self._slot.retired = True
@@ -281,11 +277,6 @@ class SearchEngine:
                 self._slot = None
 
     # State ---------------------------------------------------------------------------------
-
-    @property
-    def batcher(self) -> DynamicBatcher[Any, Any] | None:
-        """The sketch-embedding batcher (None when batching is off)."""
-        return self._batcher
 
     @property
     def model(self) -> LoadedModel | None:
@@ -378,7 +369,7 @@ class SearchEngine:
                 with self.compute_lock:
                     relation = stages.relation_scores(model.model, lease.index, embedding.tokens, short.ids,
                                                       self.settings.rerank_batch_size, model.device,
-                                                      amp=self.settings.autocast)
+                                                      amp=self.settings.autocast, reranking=self._reranking)
                 order = stages.order_by_relation(relation)[:k]
                 hits = [SearchHit(int(short.ids[i]), float(short.ann_scores[i]), float(relation[i])) for i in order]
             else:
@@ -395,24 +386,16 @@ class SearchEngine:
                                  timings_ms=timings, paths=paths)
 
     def _embed(self, model: LoadedModel, sketch_tensor: Any) -> Any:
-        """One preprocessed sketch [3, H, W] -> SketchEmbedding, batched with concurrent searches
-        when batching is on (the wait counts in the embed timing)."""
+        """One preprocessed sketch [3, H, W] -> SketchEmbedding.
+
+        Searches are not batched: request batching measured no gain on a CPU (0.86-1.07x requests/s,
+        benchmarks/RESULTS.md), where re-ranking dominates a search, so it was removed.
+        """
         from indexer import retrieval as stages
 
-        if self._batcher is None:
-            with self.compute_lock:
-                return stages.embed_sketch(model.model, sketch_tensor, model.device, self.settings.autocast)
-        return self._batcher.submit(id(model.model), model, sketch_tensor)
-
-    def _embed_batch(self, model: LoadedModel, sketch_tensors: Sequence[Any]) -> list[Any]:
-        """The batcher's call (it holds `compute_lock`): sketches [3, H, W] each -> SketchEmbeddings, one
-        forward pass."""
-        import torch
-
-        from indexer import retrieval as stages
-
-        return stages.embed_sketches(model.model, torch.stack(list(sketch_tensors)), model.device,
-                                     self.settings.autocast)
+        with self.compute_lock:
+            return stages.embed_sketch(model.model, sketch_tensor, model.device, self.settings.autocast,
+                                       self._reranking)
 
 
 def lookup_record(index: Any, image_id: int) -> Any:

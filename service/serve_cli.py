@@ -22,7 +22,8 @@ SETTINGS_HELP = (
     "  responses         SBIR_SHOW_PATHS\n"
     "  limits            SBIR_MAX_UPLOAD_BYTES, SBIR_MAX_PIXELS, SBIR_K_MAX, SBIR_SHORTLIST_MAX, SBIR_THUMBNAIL_MAX\n"
     "  engine and jobs   SBIR_DEVICE, SBIR_RERANK_BATCH_SIZE, SBIR_QUERY_CACHE_SIZE, SBIR_MAX_CONCURRENT_JOBS,\n"
-    "                    SBIR_AUTOCAST, SBIR_BATCHING, SBIR_BATCH_MAX_SIZE, SBIR_BATCH_WAIT_MS\n"
+    "                    SBIR_AUTOCAST, SBIR_TORCH_THREADS\n"
+    "  re-ranking speed  SBIR_RERANK_MODE (fp32 exact; bf16, int8, bf16+cascadeM, int8+cascadeM)\n"
     "Each is described in docs/service.md. Start-up logs one line saying which of these are on."
 )
 

@@ -78,12 +78,12 @@ class Settings(BaseSettings):
     # Speed (see benchmarks/RESULTS.md for what each is measured to buy).
     autocast: bool = Field(True, description="float16 autocast for sketch embedding and re-ranking on CUDA; "
                                              "no effect on the CPU")
-    # Off by default: on a CPU it measured no throughput gain (re-ranking dominates) and a lone request
-    # pays the hand-off to the batching thread; worth trying where embedding is a larger share (GPU).
-    batching: bool = Field(False, description="embed the sketches of concurrent searches in one forward pass")
-    batch_max_size: int = Field(16, ge=1, le=256, description="most sketches in one batched forward pass")
-    batch_wait_ms: float = Field(2.0, ge=0.0, le=1000.0,
-                                 description="longest a search waits for others to fill its batch")
+    rerank_mode: str = Field("fp32", description="relation re-ranking: fp32 (exact), bf16, int8, or bf16+cascadeM / "
+                                                 "int8+cascadeM (the top M rescored exactly); speed and agreement of "
+                                                 "each in benchmarks/RESULTS.md")
+    torch_threads: int | None = Field(None, ge=1, le=1024,
+                                      description="torch intra-op threads; default: the cores this process may use "
+                                                  "(CPU affinity and a cgroup CPU quota both count)")
 
     @field_validator("index_dir", "checkpoint", "index_root", "jobs_db", "admin_token_file", mode="before")
     @classmethod
@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("rerank_mode")
+    @classmethod
+    def _known_rerank_mode(cls, value: str) -> str:
+        from models.rerank_mode import RerankMode
+
+        return RerankMode.parse(value).label  # ValueError -> the field's one-line settings error
 
     @field_validator("admin_token", mode="before")
     @classmethod

@@ -64,6 +64,10 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument(
         "--shortlist", type=int, default=100, metavar="K", help="two-stage shortlist size (default: 100)"
     )
+    evaluate.add_argument(
+        "--rerank-mode", default="fp32", metavar="MODE",
+        help="relation scores: fp32 (exact), bf16, int8, bf16+cascadeM, int8+cascadeM (default: fp32)",
+    )
     evaluate.add_argument("--quick", action="store_true", help="the reference's subsampled quick test")
     evaluate.add_argument(
         "--gallery",
@@ -134,6 +138,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"--shortlist must be at least 1, got {args.shortlist}")
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    from models.rerank_mode import RerankMode
+
+    try:
+        RerankMode.parse(args.rerank_mode)
+    except ValueError as error:
+        raise CliError(f"--rerank-mode: {error}") from None
     from training.evaluate import evaluate
 
     report = evaluate(
@@ -142,6 +152,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.root,
         retrieval=args.retrieval,
         shortlist=args.shortlist,
+        rerank_mode=args.rerank_mode,
         unseen=args.unseen,
         quick=args.quick,
         batch_size=args.batch_size,

@@ -35,6 +35,7 @@ from indexer import retrieval as retrieval_path
 from models.atomic import finite_or_none, write_json_atomic
 from models.device import autocast, inference_dtype
 from models.errors import SbirError
+from models.rerank_mode import EXACT, Reranking, RerankMode
 from training.data import (
     ImageDataset,
     Modality,
@@ -112,14 +113,16 @@ def iter_encoded(
     keep_tokens: bool,
     amp: bool = True,
     num_workers: int | None = None,
+    bf16: bool = False,
 ) -> Iterator[tuple[torch.Tensor, Embeddings]]:
-    """Yield ``(positions [b] int64, Embeddings of the batch)`` in sample order, under no_grad."""
+    """Yield ``(positions [b] int64, Embeddings of the batch)`` in sample order, under no_grad
+    (``bf16``: in bfloat16 autocast, as the server embeds sketches in its bf16 re-ranking mode)."""
     token_dtype = torch.float16 if device.type == "cuda" and amp else torch.float32
     image_size = getattr(getattr(model, "config", None), "image_size", 224)
     loader = _loader(ImageDataset(samples, modality, image_size), batch_size, num_workers, device)
     with torch.no_grad():
         for images, positions in loader:
-            with autocast(device, inference_dtype(device, amp)):
+            with autocast(device, torch.bfloat16 if bf16 else inference_dtype(device, amp)):
                 encoded = model.encode(images.to(device, non_blocking=True), modality)  # type: ignore[operator]
             tokens = encoded.tokens.to(token_dtype) if keep_tokens and encoded.tokens is not None else None
             yield (
@@ -139,8 +142,10 @@ def embed(
     amp: bool = True,
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    bf16: bool = False,
 ) -> Embeddings:
-    """Encode all ``samples``: ret [N, D] (CPU); with ``keep_tokens``, tokens [N, T, D] on ``device``."""
+    """Encode all ``samples``: ret [N, D] (CPU); with ``keep_tokens``, tokens [N, T, D] on ``device``
+    (``bf16``: under bfloat16 autocast)."""
     rets, tokens, kept = [], [], []
     for positions, batch in iter_encoded(
         model,
@@ -151,6 +156,7 @@ def embed(
         keep_tokens=keep_tokens,
         amp=amp,
         num_workers=num_workers,
+        bf16=bf16,
     ):
         rets.append(batch.ret)
         if batch.tokens is not None:
@@ -205,8 +211,10 @@ class Scorer:
         shortlist: int = 100,
         chunk_size: int = 256,
         amp: bool = True,
+        reranking: Reranking = EXACT,
     ) -> None:
         self.model = model
+        self.reranking = reranking
         self.photos = photos
         self.retrieval = retrieval
         self.gallery = photos.ret.shape[0]
@@ -224,7 +232,7 @@ class Scorer:
         sketch = retrieval_path.Tokens(sketches.tokens[row : row + 1], sketch_kept)
         device = self.photos.tokens.device
         scores = retrieval_path.relation_scores(self.model, self.index, sketch, ids, self.chunk_size, device,
-                                                self.amp)
+                                                self.amp, self.reranking)
         self.pairs.evaluated += len(scores)
         return torch.from_numpy(scores)
 
@@ -295,6 +303,7 @@ def evaluate_model(
     num_workers: int | None = None,
     relation_chunk: int = 256,
     progress: Progress | None = None,
+    rerank_mode: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate an already loaded model on a split (also used for validation during training).
 
@@ -349,7 +358,9 @@ def evaluate_model(
         )
         timings["embed_photos_s"] = time.perf_counter() - started
         done = 0
-        scorer = Scorer(model, photos, retrieval, shortlist=shortlist, chunk_size=relation_chunk, amp=amp)
+        reranking = Reranking.prepare(model, RerankMode.parse(rerank_mode))
+        scorer = Scorer(model, photos, retrieval, shortlist=shortlist, chunk_size=relation_chunk, amp=amp,
+                        reranking=reranking)
         accumulators = {style: _MetricAccumulator(style, fine_grained) for style in ("reference", "standard")}
         instance_accumulator = _MetricAccumulator("reference", True)
         photo_labels = np.array([sample.label for sample in split.photos])
@@ -365,6 +376,7 @@ def evaluate_model(
             keep_tokens=keep_tokens,
             amp=amp,
             num_workers=num_workers,
+            bf16=reranking.mode.precision == "bf16",
         ):
             now = time.perf_counter()
             timings["embed_sketches_s"] += now - clock
@@ -426,6 +438,7 @@ def evaluate(
     gallery: Literal["unseen", "all"] = "unseen",
     pair_by_stem: bool = False,
     allow_small_split: bool = False,
+    rerank_mode: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the zero-shot (unseen) part of ``dataset``; return (and write) the report.
 
@@ -438,6 +451,8 @@ def evaluate(
             ``openmoji-demo``: category-level plus each sketch against its own photo).
         retrieval: ``ret``, ``rn`` or ``two-stage`` (see the module docstring).
         shortlist: K of the two-stage path (clamped to the gallery size).
+        rerank_mode: how relation scores are computed (``models.rerank_mode``: fp32, bf16, int8,
+            bf16+cascadeM, ...), as the server's ``SBIR_RERANK_MODE``.
         unseen: generic / openmoji-demo: the unseen classes (a list, a file with one name a line, or a
             string naming no file, read as comma-separated names).
         quick: the reference's subsampled quick test.
@@ -493,6 +508,7 @@ def evaluate(
         split,
         retrieval=retrieval,
         shortlist=shortlist,
+        rerank_mode=rerank_mode,
         fine_grained=dataset in FINE_GRAINED_DATASETS,
         instance=instance,
         batch_size=batch_size,
@@ -519,6 +535,7 @@ def evaluate(
             "root": str(root),
             "retrieval": retrieval,
             "shortlist": scorer_shortlist(retrieval, shortlist, len(split.photos)),
+            "rerank_mode": RerankMode.parse(rerank_mode).label,
             "unseen": unseen_value,
             "quick": quick,
             "gallery": gallery,

@@ -106,20 +106,21 @@ def test_quality_cost_reports_the_curve_and_its_end_equals_exhaustive(tmp_path: 
         assert set(whole["metrics"]) == set(quality_cost.METRICS)
 
 
-def test_server_throughput_runs_the_server_and_load_generator_with_and_without_batching(
+def test_server_throughput_runs_the_server_and_load_generator_per_rerank_mode(
     tmp_path: Path, checkpoint: Path
 ) -> None:
     out = tmp_path / "server.json"
     argv = ["--checkpoint", str(checkpoint), "--photos", "6", "--concurrency", "2", "--duration", "1",
-            "--warmup", "0", "--shortlist", "4", "--k", "3", "--out", str(out)]
+            "--warmup", "0", "--shortlist", "4", "--k", "3", "--modes", "fp32,int8+cascade2", "--out", str(out)]
     assert server_throughput.main(argv) == 0
     report = read(out)
-    assert [(row["batching"], row["concurrency"]) for row in report["results"]] == [(False, 2), (True, 2)]
+    assert [(row["mode"], row["concurrency"]) for row in report["results"]] == [("fp32", 2), ("int8+cascade2", 2)]
     for row in report["results"]:
         assert row["requests_ok"] > 0 and set(row["status_counts"]) == {"200"}
         assert set(row["latency_ms"]) == PERCENTILES
         assert set(row["server_stages_ms"]) == STAGES
-    assert set(report["batching_speedup"]) == {"2"}
+    assert report["speedup_vs_first_mode"]["2"]["fp32"] == 1.0
+    assert set(report["speedup_vs_first_mode"]["2"]) == {"fp32", "int8+cascade2"}
 
 
 def test_upload_memory_measures_both_variants_in_child_processes(tmp_path: Path) -> None:

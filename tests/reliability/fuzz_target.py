@@ -29,8 +29,7 @@ def no_op(params, report):
 
 def fuzz_app(data_root: Path, checkpoint: Path, index_dir: Path, state: Path, admin_token: str) -> FastAPI:
     settings = Settings(index_dir=index_dir, checkpoint=checkpoint, index_root=state / "indexes",
-                        data_roots=[data_root], jobs_db=state / "jobs.sqlite3", admin_token=admin_token, device="cpu",
-                        batching=False)
+                        data_roots=[data_root], jobs_db=state / "jobs.sqlite3", admin_token=admin_token, device="cpu")
     jobs = JobManager(JobStore(settings.jobs_db_path()), max_concurrent=1, work_functions=NO_OP_WORK)
     return create_app(settings, job_manager=jobs)
 

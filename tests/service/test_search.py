@@ -157,3 +157,30 @@ def test_amff_checkpoint_defaults_to_ann_order_and_refuses_rerank(make_settings,
         assert_error(search(client, k=3, rerank="true"), 422, "rerank_unavailable")
         assert_error(client.get(f"/explain/{body['query_id']}/{body['results'][0]['image_id']}"), 422,
                      "explain_unavailable")
+
+
+@pytest.mark.parametrize(("mode", "tolerance"), [("int8", 0.02), ("int8+cascade8", 1e-5)])
+def test_the_rerank_mode_setting_reaches_the_search(make_settings, workspace, reference_model, mode, tolerance):
+    # int8 alone: scores near the exact ones but not equal (the fast path ran); a cascade over the
+    # whole shortlist of 8: every score exact again.
+    png = sketch_png("circle")
+    app = create_app(make_settings(index_dir=workspace.index_dir_no_tokens, rerank_mode=mode))
+    with running(app) as client:
+        response = search(client, png, k=8, shortlist=8)
+    assert response.status_code == 200, response.text
+    shortlist, _ = ann_reference(reference_model, workspace.index_dir_no_tokens, png, 8)
+    with indexer.open(workspace.index_dir_no_tokens) as index:
+        by_id = dict(zip(shortlist, direct_relation(reference_model, index, png, shortlist), strict=True))
+    differences = [abs(result["relation_score"] - float(by_id[result["image_id"]]))
+                   for result in response.json()["results"]]
+    assert len(differences) == 8 and max(differences) <= tolerance
+    if "cascade" not in mode:
+        assert max(differences) > 1e-7
+
+
+def test_an_unknown_rerank_mode_is_a_one_line_settings_error():
+    from service.settings import SettingsFailure, load_settings
+
+    with pytest.raises(SettingsFailure, match="SBIR_RERANK_MODE") as raised:
+        load_settings(rerank_mode="fp16")
+    assert "\n" not in str(raised.value) and "fp32, bf16, int8" in str(raised.value)

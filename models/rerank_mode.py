@@ -1,0 +1,79 @@
+"""How re-ranking computes relation scores: exact, or a fast mode that trades a measured amount of
+ranking for speed (benchmarks/RESULTS.md, "fast modes", has each mode's speed and agreement).
+
+- ``fp32`` (exact): float32, scores within float rounding of ``ZSEModel.relation`` (on CUDA the
+  service's float16 autocast, ``SBIR_AUTOCAST``, still applies).
+- ``bf16``: bfloat16 autocast (CPUs with AVX512-BF16 or AMX, and GPUs) for the sketch's embedding
+  and the re-ranking; norms and the relation head stay in float32.
+- ``int8``: the large products as int8 (``models.int8``), the rest in float32.
+- ``cascade = M`` with a fast precision: every shortlisted photo is scored in that precision, then the
+  top M of that order are scored again exactly, so the first M results are in exact order.
+
+A mode is written ``fp32``, ``bf16``, ``int8``, ``bf16+cascade20`` or ``int8+cascade20``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+Precision = Literal["fp32", "bf16", "int8"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class RerankMode:
+    """precision of the scores of every shortlisted photo; cascade: how many of the best of them are
+    scored again exactly (0 = none; only with a fast precision)."""
+
+    precision: Precision = "fp32"
+    cascade: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"re-rank precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.cascade < 0:
+            raise ValueError(f"re-rank cascade must be 0 or more photos, not {self.cascade}")
+        if self.cascade and self.precision == "fp32":
+            raise ValueError("a re-rank cascade needs a fast precision (bf16 or int8): fp32 is exact already")
+
+    @property
+    def exact(self) -> bool:
+        return self.precision == "fp32"
+
+    @property
+    def label(self) -> str:
+        return self.precision + (f"+cascade{self.cascade}" if self.cascade else "")
+
+    @classmethod
+    def parse(cls, text: str) -> RerankMode:
+        """``fp32`` | ``exact`` | ``bf16`` | ``int8``, optionally ``+cascadeM``; ValueError otherwise."""
+        name, _, cascade = text.strip().lower().partition("+")
+        precision = "fp32" if name == "exact" else name
+        if cascade and not cascade.startswith("cascade"):
+            raise ValueError(f"re-rank mode {text!r}: write PRECISION or PRECISION+cascadeM, e.g. bf16+cascade20")
+        try:
+            count = int(cascade.removeprefix("cascade")) if cascade else 0
+        except ValueError:
+            raise ValueError(f"re-rank mode {text!r}: the cascade size must be a whole number") from None
+        return cls(cast(Precision, precision), count)
+
+
+@dataclass(frozen=True)
+class Reranking:
+    """A mode made ready for one model: the int8 layers quantised once (None unless int8)."""
+
+    mode: RerankMode
+    int8: Any = None
+
+    @classmethod
+    def prepare(cls, model: Any, mode: RerankMode) -> Reranking:
+        """Quantise what ``mode`` needs of ``model`` (models without a relation network need nothing)."""
+        if mode.precision != "int8" or not getattr(model, "has_relation", False):
+            return cls(mode)
+        from models.int8 import int8_relation
+
+        return cls(mode, int8_relation(model))
+
+
+EXACT = Reranking(RerankMode())

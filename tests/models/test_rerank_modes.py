@@ -1,0 +1,130 @@
+"""The fast re-ranking modes: int8 products against hand-made and float cases, mode parsing, and the
+cascade's guarantee (its first M results are in exact order) against the model's own relation."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from indexer import retrieval
+from models.device import configure_threads, usable_cores
+from models.int8 import Int8Linear, int8_relation, quantize_rows
+from models.rerank_mode import Reranking, RerankMode
+
+
+def test_int8_linear_is_exact_where_both_sides_are_representable() -> None:
+    # Rows whose largest magnitude is 127 quantise with scale 1: integers in [-127, 127] stay exact,
+    # and the int32 product is the float product.
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(-127, 128, (5, 16), generator=generator).float()
+    weight = torch.randint(-127, 128, (7, 16), generator=generator).float()
+    x[:, 0], weight[:, 0] = 127.0, -127.0
+    bias = torch.arange(7, dtype=torch.float32)
+    layer = Int8Linear.from_weights(weight, bias)
+    torch.testing.assert_close(layer(x), x @ weight.T + bias, rtol=0, atol=0)
+
+
+def test_int8_linear_error_is_bounded_by_the_rounding_of_both_sides() -> None:
+    generator = torch.Generator().manual_seed(1)
+    x, weight = torch.randn(3, 40, 64, generator=generator), torch.randn(32, 64, generator=generator)
+    layer = Int8Linear.from_weights(weight, None)
+    got, expected = layer(x), x @ weight.T
+    assert got.shape == (3, 40, 32)
+    # Each factor is off by at most half a step (scale / 2); the product's error is at most
+    # sum_k (|x_k| dw + |w_k| dx + dx dw).
+    rows = x.reshape(-1, 64)
+    dx = quantize_rows(rows)[1] / 2  # [M, 1]
+    dw = (weight.abs().amax(dim=1) / 127 / 2)[None, :]  # [1, N]
+    bound = rows.abs().sum(1, keepdim=True) * dw + dx * weight.abs().sum(1)[None, :] + 64 * dx * dw
+    error = (got.reshape(-1, 32) - expected.reshape(-1, 32)).abs()
+    assert bool((error <= bound + 1e-4).all())
+    assert float(error.max()) > 0  # it is a quantisation, not a copy of the float layer
+
+
+@pytest.mark.parametrize(("text", "label"), [("fp32", "fp32"), ("exact", "fp32"), ("BF16", "bf16"),
+                                             ("int8+cascade20", "int8+cascade20"), (" bf16+cascade5 ", "bf16+cascade5")])
+def test_modes_parse_to_their_labels(text: str, label: str) -> None:
+    assert RerankMode.parse(text).label == label
+
+
+@pytest.mark.parametrize(("text", "message"), [("fp16", "must be one of fp32, bf16, int8"),
+                                               ("fp32+cascade10", "needs a fast precision"),
+                                               ("int8+cascadeX", "whole number"), ("int8+top10", "PRECISION+cascadeM"),
+                                               ("bf16+cascade-1", "0 or more")])
+def test_bad_modes_are_one_line_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RerankMode.parse(text)
+
+
+@pytest.fixture(scope="module")
+def encoded():
+    """A zse-tiny whose relation scores spread over (0, 1), one sketch and 12 photos."""
+    torch.manual_seed(0)
+    model = models.build_model("zse-tiny").eval()
+    with torch.no_grad():
+        model.relation_head.layers[-1].weight.mul_(50.0)
+    images = torch.rand(13, 3, 224, 224, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.inference_mode():
+        sketch = model.encode(images[:1], "sketch")
+        photos = model.encode(images[1:], "photo")
+        exact = model.relation(sketch.tokens, photos.tokens).numpy()
+    return model, sketch, photos, exact
+
+
+def _scores(encoded, mode: str, ids: np.ndarray) -> np.ndarray:
+    model, sketch, photos, _ = encoded
+    gallery = retrieval.EmbeddedGallery(photos.ret, photos.tokens, photos.kept)
+    return retrieval.relation_scores(model, gallery, retrieval.Tokens(sketch.tokens), ids, 5, torch.device("cpu"),
+                                     reranking=Reranking.prepare(model, RerankMode.parse(mode)))
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_fast_precisions_stay_close_to_the_models_relation_but_are_not_it(encoded, mode: str) -> None:
+    *_, exact = encoded
+    assert exact.std() > 0.02
+    scores = _scores(encoded, mode, np.arange(12))
+    difference = np.abs(scores - exact)
+    assert difference.max() < 0.05
+    assert difference.max() > 0  # a fast mode, not a second exact path
+
+
+@pytest.mark.parametrize("mode", ["bf16+cascade4", "int8+cascade4"])
+def test_a_cascade_puts_its_top_m_first_with_exact_scores_and_keeps_the_rest_in_fast_order(encoded, mode: str
+                                                                                         ) -> None:
+    *_, exact = encoded
+    ids = np.arange(12)[::-1].copy()  # any order: scores come back in the order asked
+    fast = _scores(encoded, mode.split("+")[0], ids)
+    scores = _scores(encoded, mode, ids)
+    top = np.argsort(-fast, kind="stable")[:4]
+    np.testing.assert_allclose(scores[top], exact[ids[top]], atol=1e-5, rtol=0)
+    rest = np.setdiff1d(np.arange(12), top)
+    assert scores[rest].max() < scores[top].min()
+    np.testing.assert_array_equal(np.argsort(-scores[rest], kind="stable"), np.argsort(-fast[rest], kind="stable"))
+    order = retrieval.order_by_relation(scores)
+    np.testing.assert_array_equal(order[:4], top[np.argsort(-exact[ids[top]], kind="stable")])
+
+
+def test_int8_layers_cover_every_large_product_of_the_relation_path(encoded) -> None:
+    model, *_ = encoded
+    quantized = int8_relation(model)
+    assert quantized.photo.weight.shape == (model.config.embed_dim, 3 * model.config.embed_dim)
+    assert set(quantized.layers) == {(name, part) for name in ("sketch_layer", "photo_layer")
+                                     for part in ("out_proj", "fc1", "fc2")}
+    assert Reranking.prepare(model, RerankMode()).int8 is None  # exact mode quantises nothing
+
+
+def test_threads_follow_the_usable_cores() -> None:
+    import os
+
+    cores = usable_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(None) == cores == torch.get_num_threads()
+        assert configure_threads(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
