@@ -211,7 +211,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("--queries", type=int, default=40, help="timed searches per mode (demo)")
     parser.add_argument("--large-queries", type=int, default=10, help="timed searches per mode (ViT-B/16)")
-    parser.add_argument("--rerank-batch-size", type=int, default=100)
+    parser.add_argument("--rerank-batch-size", type=int, default=32)
     parser.add_argument("--every", type=int, default=1, help="agreement on every N-th unseen drawing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fast_modes.json"))

@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON, as POST /search gives them")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the model runs: auto (CUDA when available), cpu or cuda")
+    parser.add_argument("--rerank-mode", default="fp32", metavar="MODE",
+                        help="fp32 (exact, default), bf16, int8, bf16+cascadeM or int8+cascadeM "
+                             "(as SBIR_RERANK_MODE; docs/service.md)")
     parser.set_defaults(handler=_search)
 
 
@@ -50,12 +53,18 @@ def _search(args: argparse.Namespace) -> int:
 
     if not args.sketch.is_file():
         raise CliError(f"sketch not found: {args.sketch}")
+    from models.rerank_mode import RerankMode
+
+    try:
+        rerank_mode = RerankMode.parse(args.rerank_mode).label
+    except ValueError as error:
+        raise CliError(f"--rerank-mode: {error}") from None
     checkpoint = args.checkpoint or _recorded_checkpoint(args.index)
     if not checkpoint.is_file():
         raise CliError(f"checkpoint not found: {checkpoint}")
     # The defaults of every other setting; nothing is read from SBIR_* variables meant for a server.
     settings = Settings.model_construct(checkpoint=checkpoint, index_dir=args.index, device=args.device,
-                                        query_cache_size=1)
+                                        query_cache_size=1, rerank_mode=rerank_mode)
     engine = SearchEngine(settings)
     try:
         engine.load_model(checkpoint)

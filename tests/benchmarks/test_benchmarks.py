@@ -147,3 +147,23 @@ def test_sbir_bench_dispatches_to_the_benchmark(tmp_path: Path) -> None:
                               "--rounds", "1", "--out", str(out)])
     assert args.handler(args) == 0
     assert read(out)["benchmark"] == "rerank"
+
+
+def test_fast_modes_compares_every_mode_with_the_reference_way_of_scoring(tmp_path: Path, checkpoint: Path) -> None:
+    from benchmarks import fast_modes
+
+    out = tmp_path / "fast_modes.json"
+    argv = ["--checkpoint", str(checkpoint), "--parts", "pairs", "--large", "", "--pairs", "8", "--chunks", "4,8",
+            "--rounds", "1", "--modes", "fp32,int8,int8+cascade3", "--out", str(out)]
+    assert fast_modes.main(argv) == 0
+    report = read(out)
+    result = report["pairs"]["zse-tiny"]
+    assert {(row["mode"], row["chunk"]) for row in result["results"]} == {
+        (mode, chunk) for mode in ("reference", "fp32", "int8", "int8+cascade3") for chunk in (4, 8)}
+    for row in result["results"]:
+        if row["mode"] == "fp32":  # exact mode: the reference's scores to float rounding
+            assert row["max_abs_diff_vs_reference"] < 1e-5
+    best = result["best"]
+    for mode, speedup in result["speedup_vs_reference_best_chunks"].items():
+        assert speedup == pytest.approx(best[mode]["pairs_per_s_median"] / best["reference"]["pairs_per_s_median"],
+                                        abs=0.01)

@@ -51,9 +51,24 @@ def test_errors_are_one_line_with_exit_status_2(workspace, tmp_path, capsys):
         (["search", str(sketch), "--index", str(workspace.index_dir), "--checkpoint", str(tmp_path / "x.pt")],
          "checkpoint not found"),
         (["search", str(blank), "--index", str(workspace.index_dir)], "the sketch is blank"),
+        (["search", str(sketch), "--index", str(workspace.index_dir), "--rerank-mode", "fp16"],
+         "--rerank-mode: re-rank precision must be one of fp32, bf16, int8"),
     ]
     for argv, expected in cases:
         assert main([*argv, "--device", "cpu"]) == 2, argv
         error = capsys.readouterr().err
         assert error.startswith("sbir search: error: ") and expected in error, error
         assert len(error.strip().splitlines()) == 1, error
+
+
+def test_a_cascade_over_the_whole_shortlist_prints_the_exact_ranking(workspace, tmp_path, capsys):
+    sketch = tmp_path / "s.png"
+    sketch.write_bytes(sketch_png("square"))
+    rankings = []
+    for mode in ("fp32", "int8+cascade8"):
+        assert main(["search", str(sketch), "--index", str(workspace.index_dir), "-k", "8", "--shortlist", "8",
+                     "--json", "--device", "cpu", "--rerank-mode", mode]) == 0
+        rankings.append(json.loads(capsys.readouterr().out)["results"])
+    assert [r["image_id"] for r in rankings[0]] == [r["image_id"] for r in rankings[1]]
+    for exact, cascaded in zip(*rankings, strict=True):
+        assert abs(exact["relation_score"] - cascaded["relation_score"]) < 1e-5
