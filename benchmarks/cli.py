@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "search_latency": "benchmarks.search_latency",
     "rerank": "benchmarks.rerank",
     "fast_modes": "benchmarks.fast_modes",
+    "token_codec": "benchmarks.token_codec",
     "quality_cost": "benchmarks.quality_cost",
     "server_throughput": "benchmarks.server_throughput",
     "index_build": "benchmarks.index_build",

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-TOKEN_CHOICES = ("fp16", "int8", "none")
+TOKEN_CHOICES = ("fp16", "int8", "rq", "none")
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +27,10 @@ def register(subparsers: Any) -> None:
                        help="FAISS factory string (Flat, HNSW32, IVF1024,Flat, IVF4096,PQ48, ...); "
                             "default by gallery size: Flat < 50k, IVF{4*sqrt(n)},Flat < 2M, else IVF,PQ")
     build.add_argument("--tokens", choices=TOKEN_CHOICES, default="fp16",
-                       help="token store for relation re-ranking (default fp16)")
+                       help="token store for relation re-ranking (default fp16); rq: residual-quantised codes of "
+                            "--token-bytes per token, decoded for the shortlist only")
+    build.add_argument("--token-bytes", type=int, default=32, metavar="N",
+                       help="with --tokens rq: bytes per token, e.g. 16, 32, 64 (default 32)")
     build.add_argument("--name", default=None, help="index name (default: the --out folder name)")
     build.add_argument("--patch-index", action="store_true",
                        help="also index every patch token and its pixels, for gallery-wide sketch-to-photo "
@@ -74,7 +77,7 @@ def _build(args: argparse.Namespace) -> int:
         return 0
     out = _run(lambda: pipeline.build(
         args.gallery, args.checkpoint, args.out, index_type=args.index_type, tokens=args.tokens,
-        batch_size=args.batch_size, device=args.device, num_workers=args.workers,
+        token_bytes=args.token_bytes, batch_size=args.batch_size, device=args.device, num_workers=args.workers,
         progress=not args.no_progress, root=args.root, name=args.name,
         patch_index=args.patch_index or args.patch_index_type is not None, patch_index_type=args.patch_index_type,
     ))
@@ -117,6 +120,11 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {path.name:<28} {size:>16,d} B  {_human(size):>10}")
     count = max(1, int(manifest.get("count", 0)))
     print(f"  {'total':<28} {total:>16,d} B  {_human(total):>10}  ({total / count:,.0f} B per photo)")
+    layout = manifest.get("tokens") or {}
+    if layout.get("shape"):
+        per_token = (layout.get("codec") or {}).get("code_size") or layout["bytes_per_photo"] // layout["shape"][0]
+        print(f"token store: {layout['format']}, {layout['bytes_per_photo']:,d} B per photo "
+              f"({layout['shape'][0]} tokens x {per_token} B, width {layout['shape'][1]})")
     return 0
 
 

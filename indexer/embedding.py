@@ -34,7 +34,9 @@ Preprocess = Callable[[Image.Image], torch.Tensor]
 
 @dataclass(frozen=True)
 class EmbedSettings:
-    """How to embed: `token_format` fp16|int8|none, `device` resolved, `autocast` None or a dtype."""
+    """How to embed: `token_format` fp16|int8|rq|none, `device` resolved, `autocast` None or a dtype;
+    `token_bytes`: the rq codec's budget per token (shards of an rq build hold fp16: the codec is
+    trained on them when the store is written)."""
 
     token_format: str
     batch_size: int
@@ -42,6 +44,7 @@ class EmbedSettings:
     num_workers: int
     shard_size: int
     autocast: torch.dtype | None
+    token_bytes: int = 32
 
     def describe(self) -> dict[str, Any]:
         # Everything that can change the bytes of a shard; it names the work directory.
@@ -51,6 +54,7 @@ class EmbedSettings:
             "device_type": self.device.type,
             "shard_size": self.shard_size,
             "autocast": str(self.autocast).removeprefix("torch.") if self.autocast is not None else None,
+            **({"token_bytes": self.token_bytes} if self.token_format == "rq" else {}),
         }
 
 
@@ -180,7 +184,8 @@ def embed_shards(
                 # Convert to the stored format per batch: a shard of float32 ViT-B tokens would be 4x larger.
                 tokens = encoded.pop("tokens", None)
                 if tokens is not None and settings.token_format != "none":
-                    encoded.update(encode_tokens(tokens, settings.token_format))
+                    shard_format = "fp16" if settings.token_format == "rq" else settings.token_format
+                    encoded.update(encode_tokens(tokens, shard_format))
                 else:
                     encoded.pop("kept", None)
                 encoded["ids"] = ids[batch.positions]

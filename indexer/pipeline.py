@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer import faiss_index
+from indexer import faiss_index, token_codec
 from indexer.embedding import (
     EmbedSettings,
     default_workers,
@@ -37,7 +37,7 @@ from indexer.manifest import (
 )
 from indexer.publish import check_target, make_staging, publish, recover, writer_lock
 from indexer.records import IDS_FILE, OFFSETS_FILE, RECORDS_FILE, ImageRecord, iter_records, write_records
-from indexer.token_store import TOKEN_FORMATS, empty_layout, link_segments, write_segment
+from indexer.token_store import DEFAULT_TOKEN_BYTES, TOKEN_FORMATS, empty_layout, link_segments, write_segment
 from models.atomic import write_json_atomic
 from models.device import inference_dtype, resolve_device
 from models.interface import LoadedModel
@@ -55,6 +55,7 @@ def build(
     *,
     index_type: str | None = None,
     tokens: str = "fp16",
+    token_bytes: int = DEFAULT_TOKEN_BYTES,
     batch_size: int = 32,
     device: str = "auto",
     num_workers: int | None = None,
@@ -69,13 +70,14 @@ def build(
 
     gallery: folder, CSV / JSON Lines manifest, or split file (`root` resolves its relative paths).
     index_type: FAISS factory string; None picks one by gallery size (`faiss_index.default_factory`).
-    tokens: token store format, fp16 | int8 | none. device: auto | cpu | cuda.
+    tokens: token store format, fp16 | int8 | rq | none (rq: `token_bytes` per token,
+    `indexer.token_codec`). device: auto | cpu | cuda.
     shard_size: photos per resumable shard; rerunning with the same arguments skips finished shards.
     patch_index: also index every patch token for gallery-wide synthesis (`indexer.patch_index`);
     patch_index_type: its FAISS factory (None: chosen by patch count). Needs a token store.
     Ids are 0..N-1 in gallery order (unreadable photos keep their id unused).
     """
-    settings = _settings(tokens, batch_size, device, num_workers, shard_size)
+    settings = _settings(tokens, batch_size, device, num_workers, shard_size, token_bytes)
     listing = gallery if isinstance(gallery, Gallery) else read_gallery(gallery, root)
     out = Path(out).expanduser().absolute()
     with writer_lock(out):
@@ -123,7 +125,8 @@ def add(
     with writer_lock(directory):
         recover(directory)
         manifest = read_manifest(directory)
-        settings = _settings(manifest["tokens"]["format"], batch_size, device, num_workers, shard_size)
+        settings = _settings(manifest["tokens"]["format"], batch_size, device, num_workers, shard_size,
+                             int((manifest["tokens"].get("codec") or {}).get("token_bytes", DEFAULT_TOKEN_BYTES)))
         loaded = load_model(checkpoint, settings.device)
         if loaded.sha256 != manifest["model"]["checkpoint_sha256"]:
             raise IndexMismatchError(
@@ -205,9 +208,12 @@ def _photo_preprocess() -> Any:
     return preprocess.photo
 
 
-def _settings(tokens: str, batch_size: int, device: str, num_workers: int | None, shard_size: int) -> EmbedSettings:
+def _settings(tokens: str, batch_size: int, device: str, num_workers: int | None, shard_size: int,
+              token_bytes: int = DEFAULT_TOKEN_BYTES) -> EmbedSettings:
     if tokens not in TOKEN_FORMATS:
         raise IndexerError(f"unknown token format {tokens!r}; expected one of {', '.join(TOKEN_FORMATS)}")
+    if tokens == "rq" and token_bytes < 2:
+        raise IndexerError(f"--token-bytes must be at least 2 (1 for the centroid, 1 for the residual), not {token_bytes}")
     if batch_size < 1:
         raise IndexerError(f"batch size must be at least 1, not {batch_size}")
     if shard_size < 1:
@@ -216,7 +222,7 @@ def _settings(tokens: str, batch_size: int, device: str, num_workers: int | None
     if workers < 0:
         raise IndexerError(f"workers must be 0 or more, not {workers}")
     resolved = resolve_device(device)
-    return EmbedSettings(tokens, batch_size, resolved, workers, shard_size, inference_dtype(resolved))
+    return EmbedSettings(tokens, batch_size, resolved, workers, shard_size, inference_dtype(resolved), token_bytes)
 
 
 def _with_token_format(settings: EmbedSettings, loaded: LoadedModel) -> EmbedSettings:
@@ -224,7 +230,7 @@ def _with_token_format(settings: EmbedSettings, loaded: LoadedModel) -> EmbedSet
     if loaded.family == "zse" or settings.token_format == "none":
         return settings
     return EmbedSettings("none", settings.batch_size, settings.device, settings.num_workers,
-                         settings.shard_size, settings.autocast)
+                         settings.shard_size, settings.autocast, settings.token_bytes)
 
 
 def _work_dir(out: Path, listing: Gallery, loaded: LoadedModel, settings: EmbedSettings, *, first_id: int,
@@ -292,6 +298,22 @@ def _token_chunks(shards: Sequence[Path]) -> Iterator[dict[str, np.ndarray]]:
                 yield {name: shard[name] for name in ("tokens", "scales", "kept") if name in shard.files}
 
 
+def _token_sample(shards: Sequence[Path], limit: int = token_codec.TRAIN_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Up to ``limit`` token vectors [n, D] float32, drawn evenly from every shard, to train a codec."""
+    parts = [np.asarray(chunk["tokens"], dtype=np.float32).reshape(-1, chunk["tokens"].shape[-1])
+             for chunk in _token_chunks(shards)]
+    total = sum(len(part) for part in parts)
+    rng = np.random.default_rng(seed)
+    share = min(1.0, limit / max(total, 1))
+    return np.concatenate([part[rng.random(len(part)) < share] if share < 1.0 else part for part in parts])
+
+
+def _rq_chunks(codec: Any, chunks: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """fp16 shard chunks -> the same chunks with ``tokens`` as the codec's uint8 codes [b, T, C]."""
+    for chunk in chunks:
+        yield {**chunk, "tokens": token_codec.encode(codec, np.asarray(chunk["tokens"], dtype=np.float32))}
+
+
 def _no_photos_error(contents: _ShardContents, work_dir: Path, listed: int) -> IndexerError:
     report = work_dir / SKIPPED_FILE
     _write_skipped(report, contents.skipped)
@@ -352,9 +374,14 @@ def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids
     params = faiss_index.default_search_params(index)
     faiss.write_index(index, str(staging / INDEX_FILE))
     layout = empty_layout(settings.token_format if contents.token_shape else "none", contents.token_shape,
-                          contents.kept)
+                          contents.kept, settings.token_bytes)
     if layout["format"] != "none":
-        layout["segments"].append(write_segment(staging, layout, len(contents.ids), _token_chunks(shards)))
+        chunks = _token_chunks(shards)
+        if layout["format"] == "rq":
+            codec = token_codec.train(_token_sample(shards), settings.token_bytes)
+            token_codec.save(codec, staging)
+            chunks = _rq_chunks(codec, chunks)
+        layout["segments"].append(write_segment(staging, layout, len(contents.ids), chunks))
     records = _records(listing.items, ids, contents.ids)
     write_records(staging, records)
     _write_skipped(staging / SKIPPED_FILE, contents.skipped)
@@ -404,7 +431,10 @@ def _assemble_add(staging: Path, directory: Path, manifest: dict[str, Any], shar
         if contents.token_shape is None or list(contents.token_shape) != layout["shape"]:
             raise IndexMismatchError(f"new tokens have shape {contents.token_shape}, the store {layout['shape']}")
         link_segments(directory, staging, layout)
-        layout["segments"].append(write_segment(staging, layout, len(contents.ids), _token_chunks(shards)))
+        chunks = _token_chunks(shards)
+        if layout["format"] == "rq":  # new photos in the published codec: the store stays one code space
+            chunks = _rq_chunks(token_codec.load(directory), chunks)
+        layout["segments"].append(write_segment(staging, layout, len(contents.ids), chunks))
     records = _records(fresh.items, ids, contents.ids)
     write_records(staging, records, previous=directory)
     extra: dict[str, Any] = {}

@@ -4,6 +4,8 @@ Formats (`fmt`):
   fp16: `[N, T, D]` float16 -> 2*T*D bytes per photo.
   int8: `[N, T, D]` int8 plus `[N, T]` float16 scales; symmetric absmax quantisation per token
         (scale = max|x| / 127, q = round(x / scale)) -> T*D + 2*T bytes per photo.
+  rq:   `[N, T, C]` uint8 codes of a residual-quantised codec (`indexer.token_codec`: a centroid id
+        plus a PQ of the residual, C <= `token_bytes`) -> T*C bytes per photo, decoded on read.
   none: nothing stored; the service recomputes tokens from the image.
 
 Models with token selection (`Encoded.kept` not None) also store the kept grid positions, int16
@@ -23,13 +25,18 @@ from typing import Any
 
 import numpy as np
 
-TOKEN_FORMATS = ("fp16", "int8", "none")
+TOKEN_FORMATS = ("fp16", "int8", "rq", "none")
+DEFAULT_TOKEN_BYTES = 32
 _INT8_MAX = 127.0
 
 
-def bytes_per_photo(fmt: str, token_shape: Sequence[int]) -> int:
-    """Bytes the store spends on one photo with `token_shape = (T, D)`."""
+def bytes_per_photo(fmt: str, token_shape: Sequence[int], token_bytes: int = DEFAULT_TOKEN_BYTES) -> int:
+    """Bytes the store spends on one photo with `token_shape = (T, D)` (`token_bytes`: rq only)."""
     tokens, width = int(token_shape[0]), int(token_shape[1])
+    if fmt == "rq":
+        from indexer.token_codec import describe
+
+        return tokens * int(describe(width, token_bytes)["code_size"])
     if fmt == "fp16":
         return 2 * tokens * width
     if fmt == "int8":
@@ -68,19 +75,36 @@ def encode_tokens(tokens: np.ndarray, fmt: str) -> dict[str, np.ndarray]:
     raise ValueError(f"unknown token format {fmt!r}")
 
 
-def empty_layout(fmt: str, token_shape: Sequence[int] | None, kept: int | None = None) -> dict[str, Any]:
-    """The manifest's `tokens` entry for a store without segments yet; `kept` = n kept positions."""
+def empty_layout(fmt: str, token_shape: Sequence[int] | None, kept: int | None = None,
+                 token_bytes: int = DEFAULT_TOKEN_BYTES) -> dict[str, Any]:
+    """The manifest's `tokens` entry for a store without segments yet; `kept` = n kept positions;
+    `token_bytes`: the rq codec's budget per token."""
     shape = [int(value) for value in token_shape] if token_shape is not None and fmt != "none" else None
+    codec = None
+    if fmt == "rq" and shape is not None:
+        from indexer.token_codec import describe
+
+        codec = describe(shape[1], token_bytes)
+    quantization = {"int8": "symmetric absmax per token",
+                    "rq": "residual: coarse centroid id + PQ of the residual (indexer.token_codec)"}.get(fmt)
     return {
         "format": fmt,
         "shape": shape,
-        "dtype": {"fp16": "float16", "int8": "int8"}.get(fmt),
+        "dtype": {"fp16": "float16", "int8": "int8", "rq": "uint8"}.get(fmt),
         "scale_dtype": "float16" if fmt == "int8" else None,
-        "quantization": "symmetric absmax per token" if fmt == "int8" else None,
+        "quantization": quantization,
+        "codec": codec,
         "kept": int(kept) if kept is not None and shape is not None else None,
-        "bytes_per_photo": (bytes_per_photo(fmt, shape) + 2 * (kept or 0)) if shape is not None else 0,
+        "bytes_per_photo": (bytes_per_photo(fmt, shape, token_bytes) + 2 * (kept or 0)) if shape is not None else 0,
         "segments": [],
     }
+
+
+def stored_shape(layout: Mapping[str, Any]) -> tuple[int, ...]:
+    """Shape of one photo's stored array: (T, D), or (T, C) codes for rq."""
+    shape = tuple(int(value) for value in layout["shape"])
+    codec = layout.get("codec")
+    return (shape[0], int(codec["code_size"])) if layout["format"] == "rq" and codec else shape
 
 
 def write_segment(
@@ -96,8 +120,8 @@ def write_segment(
     """
     fmt = layout["format"]
     number = len(layout["segments"])
-    token_shape = tuple(layout["shape"])
-    suffix = {"fp16": "f16", "int8": "i8"}[fmt]
+    token_shape = stored_shape(layout)
+    suffix = {"fp16": "f16", "int8": "i8", "rq": "rq"}[fmt]
     entry: dict[str, Any] = {"rows": int(rows), "tokens": f"tokens-{number:03d}.{suffix}.npy", "scales": None,
                              "kept": None}
     token_map = np.lib.format.open_memmap(
@@ -153,6 +177,9 @@ def link_segments(source: Path, target: Path, layout: Mapping[str, Any]) -> None
             if name is None:
                 continue
             link_or_copy(source / name, target / name)
+    codec = layout.get("codec")
+    if codec and not (target / codec["file"]).exists():
+        link_or_copy(source / codec["file"], target / codec["file"])
 
 
 class TokenStore:
@@ -161,13 +188,19 @@ class TokenStore:
     def __init__(self, directory: Path, layout: Mapping[str, Any]):
         self.format = layout["format"]
         self.shape = tuple(layout["shape"])
+        stored = stored_shape(layout)
+        self._codec: Any = None
+        if self.format == "rq":
+            from indexer import token_codec
+
+            self._codec = token_codec.load(directory)
         self._tokens: list[np.ndarray] = []
         self._scales: list[np.ndarray | None] = []
         self._kept: list[np.ndarray | None] = []
         starts = [0]
         for entry in layout["segments"]:
             tokens = np.load(directory / entry["tokens"], mmap_mode="r")
-            if tokens.shape != (entry["rows"], *self.shape):
+            if tokens.shape != (entry["rows"], *stored):
                 raise ValueError(f"{entry['tokens']}: shape {tokens.shape} does not match the manifest")
             self._tokens.append(tokens)
             self._scales.append(np.load(directory / entry["scales"], mmap_mode="r") if entry["scales"] else None)
@@ -190,7 +223,11 @@ class TokenStore:
             order = np.argsort(local, kind="stable")
             picked = self._tokens[segment][local[order]]
             scales = self._scales[segment]
-            if scales is not None:
+            if self._codec is not None:
+                from indexer.token_codec import decode
+
+                values = decode(self._codec, picked)
+            elif scales is not None:
                 values = dequantize_int8(picked, scales[local[order]])
             else:
                 values = picked.astype(np.float32)
@@ -216,6 +253,7 @@ class TokenStore:
 
     def close(self) -> None:
         # Dropping the references unmaps the files (numpy memmaps close when collected).
+        self._codec = None
         self._tokens.clear()
         self._scales.clear()
         self._kept.clear()

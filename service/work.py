@@ -49,7 +49,8 @@ def build_index(params: dict[str, Any], report: Report) -> dict[str, Any]:
     try:
         built = indexer.build(
             gallery, params["checkpoint"], out, index_type=params.get("index_type"),
-            tokens=params.get("tokens", "fp16"), device=params.get("device", "auto"), name=params.get("name"),
+            tokens=params.get("tokens", "fp16"), token_bytes=int(params.get("token_bytes", 32)),
+            device=params.get("device", "auto"), name=params.get("name"),
             shard_size=shard_size, num_workers=0 if count <= _INPROCESS_LOADING_MAX else None, progress=True,
         )
     except indexer.IndexerError as error:

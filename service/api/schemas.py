@@ -14,7 +14,7 @@ from training.datasets import DatasetName
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["index_build", "train", "evaluate"]
 Retrieval = Literal["ret", "rn", "two-stage"]
-TokenFormat = Literal["fp16", "int8", "none"]
+TokenFormat = Literal["fp16", "int8", "rq", "none"]
 
 # A folder name: no separators, no leading dot, so it cannot point anywhere but index_root/<name>.
 INDEX_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -221,6 +221,7 @@ class IndexBuildCreate(BaseModel):
     name: str = Field(pattern=INDEX_NAME_PATTERN, description="name of the new index directory")
     index_type: str | None = Field(None, pattern=FACTORY_PATTERN, description="FAISS factory string; default: by size")
     tokens: TokenFormat = "fp16"
+    token_bytes: int = Field(32, ge=2, le=1024, description="with tokens=rq: bytes per token of the codes")
     activate: bool = Field(True, description="serve the new index as soon as it is built")
 
 

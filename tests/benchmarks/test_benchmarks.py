@@ -167,3 +167,18 @@ def test_fast_modes_compares_every_mode_with_the_reference_way_of_scoring(tmp_pa
     for mode, speedup in result["speedup_vs_reference_best_chunks"].items():
         assert speedup == pytest.approx(best[mode]["pairs_per_s_median"] / best["reference"]["pairs_per_s_median"],
                                         abs=0.01)
+
+
+def test_token_codec_reports_bytes_and_errors_at_a_models_width(tmp_path: Path) -> None:
+    from benchmarks import token_codec
+
+    out = tmp_path / "token_codec.json"
+    argv = ["--parts", "vit-b16", "--large", "zse-tiny", "--large-photos", "2", "--token-bytes", "4,8",
+            "--out", str(out)]
+    assert token_codec.main(argv) == 0
+    rows = read(out)["large"]["results"]
+    assert [(row["token_bytes"], row["bytes_per_token"], row["bytes_per_photo"]) for row in rows] == \
+        [(4, 4, 197 * 4), (8, 8, 197 * 8)]
+    assert all(row["fp16_bytes_per_photo"] == 2 * 197 * 96 for row in rows)
+    # More bytes, smaller error: each residual stage codes what the previous ones left.
+    assert 0 < rows[1]["relative_reconstruction_error"] < rows[0]["relative_reconstruction_error"] < 1

@@ -85,6 +85,49 @@ def test_int8_tokens_and_no_tokens(tmp_path: Path, checkpoint: Path, encode_dire
             index.tokens([0])
 
 
+def test_rq_tokens_are_codes_of_the_published_codec_and_add_reuses_it(tmp_path: Path, checkpoint: Path,
+                                                                      encode_direct) -> None:
+    import faiss
+
+    gallery = tmp_path / "gallery"
+    files = make_folder_gallery(gallery, {"a": 3})
+    _, tokens = encode_direct(files)
+    out = indexer.build(gallery, checkpoint, tmp_path / "rq", tokens="rq", token_bytes=16, **FAST)
+    layout = json.loads((out / "manifest.json").read_text())["tokens"]
+    # 16 bytes a token: 1 centroid byte + 15 residual stages of 1 byte.
+    assert layout["format"] == "rq" and layout["codec"]["code_size"] == 16
+    assert layout["bytes_per_photo"] == 197 * 16
+    codes = np.load(out / layout["segments"][0]["tokens"])
+    assert codes.shape == (3, 197, 16) and codes.dtype == np.uint8
+    codec = faiss.read_index(str(out / "tokens.codec.faiss"))
+    independent = codec.sa_decode(np.ascontiguousarray(codes.reshape(-1, 16))).reshape(3, 197, 96)
+    with indexer.open(out) as index:
+        decoded = index.tokens([0, 1, 2]).numpy()
+    np.testing.assert_array_equal(decoded, independent)  # the store decodes its codes with its codec
+    error = np.linalg.norm(decoded - tokens, axis=-1).mean() / np.linalg.norm(tokens, axis=-1).mean()
+    assert error < 0.3, error
+    new_files = [make_png(gallery / "b" / f"{i}.png", seed=80 + i) for i in range(2)]
+    indexer.add(out, gallery, checkpoint, **FAST)
+    _, new_tokens = encode_direct(new_files)
+    assert (out / "tokens.codec.faiss").read_bytes() == faiss.serialize_index(codec).tobytes()
+    with indexer.open(out) as index:
+        assert len(index) == 5 and len(index.manifest["tokens"]["segments"]) == 2
+        added = index.tokens([3, 4]).numpy()
+        np.testing.assert_array_equal(index.tokens([0, 1, 2]).numpy(), independent)
+    new_codes = np.load(out / index.manifest["tokens"]["segments"][1]["tokens"])
+    np.testing.assert_array_equal(added, codec.sa_decode(np.ascontiguousarray(new_codes.reshape(-1, 16)))
+                                  .reshape(2, 197, 96))
+    # A codec trained on three photos fits new ones less well; it must still beat decoding to zeros (1.0).
+    assert np.linalg.norm(added - new_tokens, axis=-1).mean() / np.linalg.norm(new_tokens, axis=-1).mean() < 1.0
+
+
+def test_rq_on_a_gallery_too_small_to_train_is_a_one_line_error(tmp_path: Path, checkpoint: Path) -> None:
+    make_folder_gallery(tmp_path / "gallery", {"a": 1})  # 197 token vectors, fewer than a codebook's 256
+    with pytest.raises(IndexerError, match="use --tokens fp16 or int8"):
+        indexer.build(tmp_path / "gallery", checkpoint, tmp_path / "rq", tokens="rq", **FAST)
+    assert not (tmp_path / "rq").exists()
+
+
 def test_manifest_and_split_galleries(tmp_path: Path, checkpoint: Path, encode_direct) -> None:
     root = tmp_path / "data"
     files = [make_png(root / "photo" / "hot air" / f"p {i}.png", seed=i) for i in range(3)]

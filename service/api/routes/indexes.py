@@ -90,7 +90,8 @@ def build_index(body: IndexBuildCreate, response: Response, engine: EngineDep, j
             raise ConflictError("index_exists", f"job {job.id} is already building {body.name!r}", field="name")
     job = jobs.submit("index_build", {
         "gallery": str(gallery), "checkpoint": str(model.path), "out": str(out), "name": body.name,
-        "index_type": body.index_type, "tokens": body.tokens, "device": settings.device, "activate": body.activate,
+        "index_type": body.index_type, "tokens": body.tokens, "token_bytes": body.token_bytes, "device": settings.device,
+        "activate": body.activate,
         # A manifest under a data root may still name photos elsewhere: the job checks every item.
         "data_roots": [str(root) for root in settings.data_roots],
     })
