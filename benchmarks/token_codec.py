@@ -129,7 +129,7 @@ def large_part(preset: str, budgets: Sequence[int], photos: int) -> dict[str, An
                      "bytes_per_photo": int(codes.shape[-1] * codes.shape[1]),
                      "fp16_bytes_per_photo": int(2 * tokens.shape[1] * tokens.shape[2]),
                      "reduction_vs_fp16": round(2 * tokens.shape[2] / codes.shape[-1], 1),
-                     "codec": token_codec.describe(tokens.shape[2], budget)["factory"],
+                     "codec": token_codec.describe(budget)["factory"],
                      "train_s": round(trained, 2), "train_vectors": int(min(len(flat), token_codec.TRAIN_SAMPLE)),
                      "encode_photos_per_s": round(len(tokens) / encoded, 1),
                      "decode_100_photos_ms": round(1000 * decode_s, 2), "decoded_shape": list(decoded.shape),

@@ -212,8 +212,8 @@ def _settings(tokens: str, batch_size: int, device: str, num_workers: int | None
               token_bytes: int = DEFAULT_TOKEN_BYTES) -> EmbedSettings:
     if tokens not in TOKEN_FORMATS:
         raise IndexerError(f"unknown token format {tokens!r}; expected one of {', '.join(TOKEN_FORMATS)}")
-    if tokens == "rq" and token_bytes < 2:
-        raise IndexerError(f"--token-bytes must be at least 2 (1 for the centroid, 1 for the residual), not {token_bytes}")
+    if tokens == "rq":
+        token_codec.sub_quantizers(token_bytes)  # the codec's own check of the budget, before any embedding
     if batch_size < 1:
         raise IndexerError(f"batch size must be at least 1, not {batch_size}")
     if shard_size < 1:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.device import autocast, inference_dtype
+from models.device import autocast
 from models.rerank_mode import EXACT, Reranking
 
 logger = logging.getLogger("indexer.retrieval")
@@ -74,8 +74,7 @@ def embed_sketches(model: Any, sketches: torch.Tensor, device: torch.device, amp
     up to the float rounding of a different batch size. A bf16 ``reranking`` mode embeds in
     bfloat16 too (the query's share of the model; the gallery keeps its float32 embeddings).
     """
-    dtype = torch.bfloat16 if reranking.mode.precision == "bf16" else inference_dtype(device, amp)
-    with torch.inference_mode(), autocast(device, dtype):
+    with torch.inference_mode(), autocast(device, reranking.mode.autocast_dtype(device, amp)):
         encoded = model.encode(sketches.to(device), "sketch")
     rets = encoded.ret.detach().float().cpu().numpy().astype(np.float32, copy=False)
     tokens = None if encoded.tokens is None else encoded.tokens.detach().float().cpu()
@@ -175,10 +174,7 @@ def _scores(model: Any, gallery: Any, sketch_tokens: Tokens, ids: Sequence[int] 
     """Every photo of ``ids`` scored in ``reranking``'s precision: [P] float32."""
     sketch = sketch_tokens.to(device)
     scores = np.empty(len(ids), dtype=np.float32)
-    precision = reranking.mode.precision
-    # fp32 keeps the device's inference autocast (float16 on CUDA when ``amp``; none on a CPU).
-    dtype = torch.bfloat16 if precision == "bf16" else inference_dtype(device, amp)
-    with torch.inference_mode(), autocast(device, dtype):
+    with torch.inference_mode(), autocast(device, reranking.mode.autocast_dtype(device, amp)):
         scorer = model.relation_scorer(sketch.tokens, sketch.kept, reranking.int8)
         if scorer is None:
             raise ValueError(f"{getattr(model, 'family', '?')} models have no relation network to re-rank with")

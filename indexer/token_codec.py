@@ -32,16 +32,16 @@ class CodecError(IndexerError):
     """A codec that cannot be made or used (the message says why)."""
 
 
-def sub_quantizers(dim: int, token_bytes: int) -> int:
+def sub_quantizers(token_bytes: int) -> int:
     """M: the residual quantiser's stages, 1 byte each, beside the centroid's byte."""
     if token_bytes < 2:
         raise CodecError(f"--token-bytes must be at least 2 (1 for the centroid, 1 for the residual), not {token_bytes}")
     return token_bytes - 1
 
 
-def describe(dim: int, token_bytes: int) -> dict[str, Any]:
-    """The manifest's codec entry: factory string and code size for vectors of width ``dim``."""
-    m = sub_quantizers(dim, token_bytes)
+def describe(token_bytes: int) -> dict[str, Any]:
+    """The manifest's codec entry: factory string and code size (any vector width)."""
+    m = sub_quantizers(token_bytes)
     return {"factory": f"IVF{COARSE_CENTROIDS},RQ{m}x8", "code_size": 1 + m, "token_bytes": int(token_bytes),
             "file": CODEC_FILE}
 
@@ -57,7 +57,7 @@ def train(sample: np.ndarray, token_bytes: int, seed: int = 0) -> Any:
                          f"{count}: use --tokens fp16 or int8 for a gallery this small")
     if count > TRAIN_SAMPLE:
         sample = sample[np.random.default_rng(seed).choice(count, TRAIN_SAMPLE, replace=False)]
-    entry = describe(dim, token_bytes)
+    entry = describe(token_bytes)
     lists = COARSE_CENTROIDS if len(sample) >= 4 * COARSE_CENTROIDS else max(1, len(sample) // 4)
     codec: Any = faiss.index_factory(dim, entry["factory"].replace(f"IVF{COARSE_CENTROIDS},", f"IVF{lists},"))
     codec.cp.seed = seed

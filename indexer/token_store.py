@@ -5,7 +5,7 @@ Formats (`fmt`):
   int8: `[N, T, D]` int8 plus `[N, T]` float16 scales; symmetric absmax quantisation per token
         (scale = max|x| / 127, q = round(x / scale)) -> T*D + 2*T bytes per photo.
   rq:   `[N, T, C]` uint8 codes of a residual-quantised codec (`indexer.token_codec`: a centroid id
-        plus a PQ of the residual, C <= `token_bytes`) -> T*C bytes per photo, decoded on read.
+        plus residual-quantiser stages, C = `token_bytes`) -> T*C bytes per photo, decoded on read.
   none: nothing stored; the service recomputes tokens from the image.
 
 Models with token selection (`Encoded.kept` not None) also store the kept grid positions, int16
@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from indexer import token_codec
+
 TOKEN_FORMATS = ("fp16", "int8", "rq", "none")
 DEFAULT_TOKEN_BYTES = 32
 _INT8_MAX = 127.0
@@ -34,9 +36,7 @@ def bytes_per_photo(fmt: str, token_shape: Sequence[int], token_bytes: int = DEF
     """Bytes the store spends on one photo with `token_shape = (T, D)` (`token_bytes`: rq only)."""
     tokens, width = int(token_shape[0]), int(token_shape[1])
     if fmt == "rq":
-        from indexer.token_codec import describe
-
-        return tokens * int(describe(width, token_bytes)["code_size"])
+        return tokens * int(token_codec.describe(token_bytes)["code_size"])
     if fmt == "fp16":
         return 2 * tokens * width
     if fmt == "int8":
@@ -80,13 +80,9 @@ def empty_layout(fmt: str, token_shape: Sequence[int] | None, kept: int | None =
     """The manifest's `tokens` entry for a store without segments yet; `kept` = n kept positions;
     `token_bytes`: the rq codec's budget per token."""
     shape = [int(value) for value in token_shape] if token_shape is not None and fmt != "none" else None
-    codec = None
-    if fmt == "rq" and shape is not None:
-        from indexer.token_codec import describe
-
-        codec = describe(shape[1], token_bytes)
+    codec = token_codec.describe(token_bytes) if fmt == "rq" and shape is not None else None
     quantization = {"int8": "symmetric absmax per token",
-                    "rq": "residual: coarse centroid id + PQ of the residual (indexer.token_codec)"}.get(fmt)
+                    "rq": "residual: coarse centroid id + residual quantiser stages (indexer.token_codec)"}.get(fmt)
     return {
         "format": fmt,
         "shape": shape,
@@ -191,8 +187,6 @@ class TokenStore:
         stored = stored_shape(layout)
         self._codec: Any = None
         if self.format == "rq":
-            from indexer import token_codec
-
             self._codec = token_codec.load(directory)
         self._tokens: list[np.ndarray] = []
         self._scales: list[np.ndarray | None] = []
@@ -224,9 +218,7 @@ class TokenStore:
             picked = self._tokens[segment][local[order]]
             scales = self._scales[segment]
             if self._codec is not None:
-                from indexer.token_codec import decode
-
-                values = decode(self._codec, picked)
+                values = token_codec.decode(self._codec, picked)
             elif scales is not None:
                 values = dequantize_int8(picked, scales[local[order]])
             else:

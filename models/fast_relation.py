@@ -146,7 +146,8 @@ class RelationScorer:
             raise ValueError(f"RelationScorer takes one sketch, got sketch_tokens of shape {tuple(sketch_tokens.shape)}")
         self.model = model
         self.int8 = int8
-        self.photo_weights = fused_photo_weights(model)
+        # int8 projects the photos with its own quantised copy: no float32 concatenation per query.
+        self.photo_weights = fused_photo_weights(model) if int8 is None else None
         sources = PROJECTION_SOURCES[model.cross.form]
         tokens, mask = _full_grid(model, sketch_tokens, None if sketch_kept is None else sketch_kept[:1])
         self.sketch_mask = mask  # keys of the photo layer (the sketch's dropped slots are masked out)

@@ -41,6 +41,15 @@ class RerankMode:
     def exact(self) -> bool:
         return self.precision == "fp32"
 
+    def autocast_dtype(self, device: Any, amp: bool) -> Any:
+        """The autocast dtype of this mode's forward passes: bfloat16 for bf16, else the device's
+        inference dtype (float16 on CUDA when ``amp``; None, float32, on a CPU)."""
+        import torch
+
+        from models.device import inference_dtype
+
+        return torch.bfloat16 if self.precision == "bf16" else inference_dtype(device, amp)
+
     @property
     def label(self) -> str:
         return self.precision + (f"+cascade{self.cascade}" if self.cascade else "")

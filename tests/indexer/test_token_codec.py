@@ -13,8 +13,8 @@ from indexer.errors import IndexerError
 
 @pytest.mark.parametrize(("dim", "budget"), [(768, 32), (96, 32), (96, 16), (10, 2)])
 def test_a_token_takes_exactly_its_budget_one_centroid_byte_and_one_byte_per_residual_stage(dim, budget) -> None:
-    entry = token_codec.describe(dim, budget)
-    assert token_codec.sub_quantizers(dim, budget) == budget - 1
+    entry = token_codec.describe(budget)
+    assert token_codec.sub_quantizers(budget) == budget - 1
     assert entry["code_size"] == budget
     assert entry["factory"] == f"IVF256,RQ{budget - 1}x8"
 
@@ -39,4 +39,4 @@ def test_too_few_vectors_and_too_small_budgets_are_indexer_errors() -> None:
     with pytest.raises(IndexerError, match="at least 256 token vectors"):
         token_codec.train(np.zeros((100, 8), np.float32), 8)
     with pytest.raises(IndexerError, match="at least 2"):
-        token_codec.describe(8, 1)
+        token_codec.describe(1)
