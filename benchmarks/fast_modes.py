@@ -141,6 +141,7 @@ def measure_queries(checkpoint: Path, index_factory: Any, sketches: Sequence[byt
 
 def measure_agreement(model: Any, data: Path, modes: Sequence[str], shortlist: int, every: int) -> dict[str, Any]:
     """Top-10 overlap with fp32, category mAP@all and instance acc@1 of each mode (see the module doc)."""
+    from benchmarks._ranking import mean_overlap, top_ids, two_stage_distances
     from benchmarks.demo_quality import demo_sets
     from indexer.retrieval import EmbeddedGallery, Tokens, relation_scores, shortlists
     from training.evaluate import embed
@@ -166,15 +167,14 @@ def measure_agreement(model: Any, data: Path, modes: Sequence[str], shortlist: i
     for mode in modes:
         reranking = _reranking(model, mode)
         sketches, candidates, inner = embedded[reranking.mode.precision == "bf16"]
-        distances = 10.0 + (1.0 - inner)  # outside the shortlist: after it, in [Ret] order
         started = time.perf_counter()
-        tops[mode] = []
+        rows = []
         for row, short in enumerate(candidates):
             sketch = Tokens(sketches.tokens[row:row + 1], None if sketches.kept is None else sketches.kept[row:row + 1])
-            scores = relation_scores(model, gallery, sketch, short.ids, len(short.ids), cpu, False, reranking)
-            distances[row, short.ids] = -scores
-            tops[mode].append(set(short.ids[np.argsort(-scores, kind="stable")[:10]].tolist()))
+            rows.append(relation_scores(model, gallery, sketch, short.ids, len(short.ids), cpu, False, reranking))
         seconds = time.perf_counter() - started
+        distances = two_stage_distances(inner, [short.ids for short in candidates], rows)
+        tops[mode] = [top_ids(short.ids, scores) for short, scores in zip(candidates, rows, strict=True)]
         category = retrieval_metrics(distances, relevant)
         first = distances.argmin(axis=1)
         results[mode] = {"map_all": category["map_all"], "prec_100": category["prec_100"],
@@ -184,8 +184,7 @@ def measure_agreement(model: Any, data: Path, modes: Sequence[str], shortlist: i
     base = results.get("fp32", {}).get("map_all")
     for mode in modes:
         if exact is not None:
-            results[mode]["top10_overlap"] = float(np.mean([len(a & b) / 10 for a, b in zip(tops[mode], exact,
-                                                                                            strict=True)]))
+            results[mode]["top10_overlap"] = mean_overlap(tops[mode], exact)
         if base:
             change = results[mode]["map_all"] - base
             results[mode]["map_all_change"] = change

@@ -33,6 +33,7 @@ def demo_part(checkpoint: Path, data: Path, fp16_index: Path, budgets: Sequence[
               shortlist: int, every: int) -> dict[str, Any]:
     import indexer
     import models
+    from benchmarks._ranking import mean_overlap, top_ids, two_stage_distances
     from benchmarks.demo_quality import demo_sets
     from indexer import retrieval
     from models import preprocess
@@ -70,18 +71,14 @@ def demo_part(checkpoint: Path, data: Path, fp16_index: Path, budgets: Sequence[
             scores[name].append(retrieval.relation_scores(loaded.model, store, embedding.tokens, short.ids, 32, cpu))
     report: dict[str, Any] = {"queries": len(queries), "gallery": len(labels), "shortlist": shortlist,
                               "build_seconds": builds, "stores": {}}
-    exact_top = [set(ids[np.argsort(-s, kind="stable")[:10]].tolist()) for ids, s in zip(shortlists, scores["fp16"],
-                                                                                          strict=True)]
+    exact_top = [top_ids(ids, s) for ids, s in zip(shortlists, scores["fp16"], strict=True)]
     base_map = None
     for name, store in stores.items():
-        distances = 10.0 + (1.0 - np.stack(inner))  # outside the shortlist: after it, in [Ret] order
-        for row, (ids, row_scores) in enumerate(zip(shortlists, scores[name], strict=True)):
-            distances[row, ids] = -row_scores
+        distances = two_stage_distances(np.stack(inner), shortlists, scores[name])
         map_all = retrieval_metrics(distances, relevant)["map_all"]
         base_map = map_all if name == "fp16" else base_map
         error = np.abs(np.concatenate(scores[name]) - np.concatenate(scores["fp16"]))
-        tops = [set(ids[np.argsort(-s, kind="stable")[:10]].tolist()) for ids, s in zip(shortlists, scores[name],
-                                                                                        strict=True)]
+        tops = [top_ids(ids, s) for ids, s in zip(shortlists, scores[name], strict=True)]
         sample_ids = np.arange(0, len(labels), max(1, len(labels) // 200))
         reference = stores["fp16"].tokens(sample_ids).numpy() if name != "fp16" else None
         reconstruction = (float(np.linalg.norm(store.tokens(sample_ids).numpy() - reference, axis=-1).mean()
@@ -93,7 +90,7 @@ def demo_part(checkpoint: Path, data: Path, fp16_index: Path, budgets: Sequence[
             "codec": layout.get("codec"),
             "relative_reconstruction_error_vs_fp16": reconstruction,
             "relation_abs_error_max": float(error.max()), "relation_abs_error_mean": float(error.mean()),
-            "top10_overlap": float(np.mean([len(a & b) / 10 for a, b in zip(tops, exact_top, strict=True)])),
+            "top10_overlap": mean_overlap(tops, exact_top),
             "map_all": map_all,
             "map_all_change_relative": (map_all - base_map) / base_map if base_map else None,
         }
