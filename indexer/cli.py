@@ -40,6 +40,10 @@ def register(subparsers: Any) -> None:
                             "sizes and mtimes) with this checkpoint")
     build.add_argument("--patch-index-type", metavar="FACTORY", default=None,
                        help="FAISS factory of the patch index (default by patch count: Flat, else IVF,PQ)")
+    build.add_argument("--ray", metavar="auto|local|ADDRESS", default=None,
+                       help="embed the shards as Ray tasks (one GPU each where the cluster has GPUs, else one CPU): "
+                            "auto = the running cluster, local = start one here, or HOST:PORT; needs the gallery, "
+                            "checkpoint and --out's folder on storage shared by every node")
     _embedding_arguments(build)
     build.set_defaults(handler=_build)
 
@@ -80,6 +84,7 @@ def _build(args: argparse.Namespace) -> int:
         token_bytes=args.token_bytes, batch_size=args.batch_size, device=args.device, num_workers=args.workers,
         progress=not args.no_progress, root=args.root, name=args.name,
         patch_index=args.patch_index or args.patch_index_type is not None, patch_index_type=args.patch_index_type,
+        ray=args.ray,
     ))
     _summary(out, args.gallery)
     return 0

@@ -65,6 +65,7 @@ def build(
     shard_size: int = DEFAULT_SHARD_SIZE,
     patch_index: bool = False,
     patch_index_type: str | None = None,
+    ray: str | None = None,
 ) -> Path:
     """Embed `gallery` with `checkpoint` into a new index directory published at `out`; returns `out`.
 
@@ -75,9 +76,12 @@ def build(
     shard_size: photos per resumable shard; rerunning with the same arguments skips finished shards.
     patch_index: also index every patch token for gallery-wide synthesis (`indexer.patch_index`);
     patch_index_type: its FAISS factory (None: chosen by patch count). Needs a token store.
+    ray: auto | local | HOST:PORT: embed the shards as Ray tasks on that cluster (`indexer.ray_build`;
+    `device` is then the workers'); the assembly stays here.
     Ids are 0..N-1 in gallery order (unreadable photos keep their id unused).
     """
-    settings = _settings(tokens, batch_size, device, num_workers, shard_size, token_bytes)
+    # With Ray the driver's model only describes the index: it stays on the CPU.
+    settings = _settings(tokens, batch_size, device if ray is None else "cpu", num_workers, shard_size, token_bytes)
     listing = gallery if isinstance(gallery, Gallery) else read_gallery(gallery, root)
     out = Path(out).expanduser().absolute()
     with writer_lock(out):
@@ -89,8 +93,14 @@ def build(
         faiss_index.check_factory(factory, loaded.embed_dim, len(listing))
         patch_factory = _patch_factory(patch_index, patch_index_type, loaded, settings, len(listing))
         ids = np.arange(len(listing), dtype=np.int64)
+        embed: Any = embed_shards
+        if ray is not None:  # the same shards, embedded by Ray workers
+            from indexer import ray_build
+
+            embed = ray_build.connect(ray, device, settings, loaded)
+            settings = embed.settings
         work_dir = _work_dir(out, listing, loaded, settings, first_id=0, base=None)
-        shards = embed_shards(listing.items, ids, loaded.model, _photo_preprocess(), work_dir, settings, progress)
+        shards = embed(listing.items, ids, loaded.model, _photo_preprocess(), work_dir, settings, progress)
         try:
             _stage_and_publish(out, lambda staging: _assemble_build(
                 staging, shards, listing, ids, loaded, settings, factory, name or out.name, work_dir, patch_factory))
