@@ -356,10 +356,10 @@ def faiss_reason(device: torch.device) -> str | None:
 
 def measure_faiss(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Part 3: a flat and an IVF index, CPU against GPU; CPU IVF recall against CPU flat."""
-    from indexer.faiss_index import _nlist_for, default_search_params, describe
+    from indexer.faiss_index import default_search_params, describe, nlist_for
 
     vectors, queries, ids = synthetic_vectors(args.vectors, args.queries, args.dim, args.seed)
-    factories = ["Flat", f"IVF{_nlist_for(args.vectors)},Flat"]
+    factories = ["Flat", f"IVF{nlist_for(args.vectors)},Flat"]
     reason = faiss_reason(device)
     rows: list[dict[str, Any]] = []
     exact: np.ndarray | None = None

@@ -44,6 +44,9 @@ def register(subparsers: Any) -> None:
                        help="embed the shards as Ray tasks (one GPU each where the cluster has GPUs, else one CPU): "
                             "auto = the running cluster, local = start one here, or HOST:PORT; needs the gallery, "
                             "checkpoint and --out's folder on storage shared by every node")
+    build.add_argument("--on-disk", action="store_true",
+                       help="keep the IVF lists in index.ivfdata, memory-mapped when serving, for indexes larger "
+                            "than RAM; needs an IVF --index-type (default IVF{4*sqrt(n)},Flat, or ,PQ from 2M)")
     _embedding_arguments(build)
     build.set_defaults(handler=_build)
 
@@ -84,7 +87,7 @@ def _build(args: argparse.Namespace) -> int:
         token_bytes=args.token_bytes, batch_size=args.batch_size, device=args.device, num_workers=args.workers,
         progress=not args.no_progress, root=args.root, name=args.name,
         patch_index=args.patch_index or args.patch_index_type is not None, patch_index_type=args.patch_index_type,
-        ray=args.ray,
+        ray=args.ray, on_disk=args.on_disk,
     ))
     _summary(out, args.gallery)
     return 0
@@ -111,6 +114,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from indexer.gallery_index import footprint
     from indexer.manifest import read_manifest
 
     directory = args.directory.expanduser().absolute()
@@ -130,6 +134,9 @@ def _info(args: argparse.Namespace) -> int:
         per_token = (layout.get("codec") or {}).get("code_size") or layout["bytes_per_photo"] // layout["shape"][0]
         print(f"token store: {layout['format']}, {layout['bytes_per_photo']:,d} B per photo "
               f"({layout['shape'][0]} tokens x {per_token} B, width {layout['shape'][1]})")
+    need = footprint(directory)
+    print(f"serving: {_human(need.loaded)} loaded into RAM ({', '.join(need.loaded_files)}); "
+          f"{_human(need.mapped)} memory-mapped or read per query from disk; {_human(need.disk)} on disk")
     return 0
 
 

@@ -37,21 +37,21 @@ def default_factory(count: int, dim: int) -> str:
     if count < FLAT_LIMIT:
         return "Flat"
     if count < IVF_FLAT_LIMIT:
-        return f"IVF{_nlist_for(count)},Flat"
+        return f"IVF{nlist_for(count)},Flat"
     return ivf_pq_factory(count, dim)
 
 
 def ivf_pq_factory(count: int, dim: int) -> str:
     """`IVF{n},PQ{m}` with n = 4*sqrt(count) lists and m the largest of 48, 32, 24, ... dividing `dim`;
     `IVF{n},Flat` when none divides it."""
-    nlist = _nlist_for(count)
+    nlist = nlist_for(count)
     for subquantizers in _PQ_SUBQUANTIZERS:
         if dim % subquantizers == 0:
             return f"IVF{nlist},PQ{subquantizers}"
     return f"IVF{nlist},Flat"
 
 
-def _nlist_for(count: int) -> int:
+def nlist_for(count: int) -> int:
     # 4*sqrt(n) lists keeps list scans and the coarse search balanced; FAISS wants >= 39 points per list.
     return max(1, min(int(4 * math.sqrt(count)), count // 39))
 

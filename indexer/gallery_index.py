@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from indexer import faiss_index
+from indexer import faiss_index, ondisk
 from indexer.errors import IndexerError, IndexMismatchError
-from indexer.manifest import INDEX_FILE, manifest_signature, read_manifest
+from indexer.manifest import INDEX_FILE, MANIFEST_FILE, SKIPPED_FILE, manifest_signature, read_manifest
 from indexer.manifest import built_with as manifest_built_with
+from indexer.patch_index import PATCH_INDEX_FILE
 from indexer.records import ImageRecord, RecordTable
+from indexer.token_codec import CODEC_FILE
 from indexer.token_store import TokenStore
 
 
@@ -55,10 +58,13 @@ class GalleryIndex:
         self.manifest_signature: tuple[int, ...] | None = None
         self._patch_index: Any = None  # opened on first use of `patch_index`
         self._patch_lock = threading.Lock()
-        self._index: Any = faiss.read_index(str(directory / INDEX_FILE))
+        on_disk = ondisk.is_on_disk(manifest["faiss"])
+        # An on-disk index maps its lists (index.ivfdata) instead of loading them.
+        self._index: Any = ondisk.read(directory) if on_disk else faiss.read_index(str(directory / INDEX_FILE))
         self._params = faiss_index.stored_search_params(manifest["faiss"])
         faiss_index.apply_search_params(self._index, self._params)
-        use_gpu = faiss_index.gpu_count() > 0 if gpu is None else gpu
+        # Lists kept on disk because they outgrow memory would outgrow a GPU's too: those search on the CPU.
+        use_gpu = (faiss_index.gpu_count() > 0 and not on_disk) if gpu is None else gpu
         self._gpu_index: Any = faiss_index.to_gpu(self._index) if use_gpu else None
         if self._gpu_index is not None:
             faiss_index.apply_search_params(self._gpu_index, self._params)
@@ -178,6 +184,39 @@ class GalleryIndex:
 
     def __repr__(self) -> str:
         return f"GalleryIndex({str(self.directory)!r}, name={self.name!r}, count={len(self)})"
+
+
+# What `GalleryIndex` reads whole into memory: the FAISS index (for an on-disk index only its
+# centroids and codebooks: the lists stay in index.ivfdata), the token codec, the patch index (when
+# used) and the manifest. Every other served file is memory-mapped or read per query.
+_LOADED_FILES = (INDEX_FILE, MANIFEST_FILE, CODEC_FILE, PATCH_INDEX_FILE)
+# Kept for writers only: the trained empty index of on-disk adds and the build's skipped list.
+_UNSERVED_FILES = (ondisk.TRAINED_FILE, SKIPPED_FILE)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes that serving an index directory needs (`sbir index info`)."""
+
+    loaded: int  # read whole into RAM when opened
+    mapped: int  # memory-mapped or read per query: RAM only for the pages a query touches
+    disk: int  # every file of the directory
+    loaded_files: tuple[str, ...]
+
+
+def footprint(directory: Path) -> Footprint:
+    """RAM and disk an open `GalleryIndex` of `directory` needs (a GPU copy of the index comes on top)."""
+    loaded = mapped = disk = 0
+    names = []
+    for path in sorted(directory.iterdir()):
+        size = path.stat().st_size if path.is_file() else 0
+        disk += size
+        if path.name in _LOADED_FILES:
+            loaded += size
+            names.append(path.name)
+        elif path.name not in _UNSERVED_FILES:
+            mapped += size
+    return Footprint(loaded, mapped, disk, tuple(names))
 
 
 def _as_ids(ids: Any) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer import faiss_index, token_codec
+from indexer import faiss_index, ondisk, token_codec
 from indexer.embedding import (
     EmbedSettings,
     default_workers,
@@ -44,6 +44,8 @@ from models.interface import LoadedModel
 
 # Photos per shard: the unit of resumption, and at most ~150 MB of fp16 ViT-B/16 tokens in memory.
 DEFAULT_SHARD_SIZE = 512
+# The on-disk build's per-shard FAISS blocks, inside the work directory (deleted with it).
+ONDISK_BLOCKS = "ondisk-blocks"
 # Bump when the shard contents change meaning, so older work directories are not reused.
 WORK_FORMAT = 1
 
@@ -66,6 +68,7 @@ def build(
     patch_index: bool = False,
     patch_index_type: str | None = None,
     ray: str | None = None,
+    on_disk: bool = False,
 ) -> Path:
     """Embed `gallery` with `checkpoint` into a new index directory published at `out`; returns `out`.
 
@@ -78,6 +81,9 @@ def build(
     patch_index_type: its FAISS factory (None: chosen by patch count). Needs a token store.
     ray: auto | local | HOST:PORT: embed the shards as Ray tasks on that cluster (`indexer.ray_build`;
     `device` is then the workers'); the assembly stays here.
+    on_disk: keep the IVF lists in `index.ivfdata`, memory-mapped when serving (`indexer.ondisk`);
+    trained once on a sample, then filled shard by shard and merged. Needs an IVF `index_type`
+    (None: `ondisk.default_factory`).
     Ids are 0..N-1 in gallery order (unreadable photos keep their id unused).
     """
     # With Ray the driver's model only describes the index: it stays on the CPU.
@@ -89,8 +95,11 @@ def build(
         check_target(out)
         loaded = load_model(checkpoint, settings.device)
         settings = _with_token_format(settings, loaded)
-        factory = index_type if index_type is not None else faiss_index.default_factory(len(listing), loaded.embed_dim)
+        factory = index_type if index_type is not None else (
+            ondisk.default_factory if on_disk else faiss_index.default_factory)(len(listing), loaded.embed_dim)
         faiss_index.check_factory(factory, loaded.embed_dim, len(listing))
+        if on_disk:
+            ondisk.check_factory(factory, loaded.embed_dim)
         patch_factory = _patch_factory(patch_index, patch_index_type, loaded, settings, len(listing))
         ids = np.arange(len(listing), dtype=np.int64)
         embed: Any = embed_shards
@@ -103,7 +112,8 @@ def build(
         shards = embed(listing.items, ids, loaded.model, _photo_preprocess(), work_dir, settings, progress)
         try:
             _stage_and_publish(out, lambda staging: _assemble_build(
-                staging, shards, listing, ids, loaded, settings, factory, name or out.name, work_dir, patch_factory))
+                staging, shards, listing, ids, loaded, settings, factory, name or out.name, work_dir, patch_factory,
+                on_disk))
         except FactoryError as error:
             # The index type is not part of the work directory's name, so the embeddings can be reused.
             raise FactoryError(f"{error}; embeddings kept in {work_dir}: rerun with another --index-type "
@@ -300,6 +310,13 @@ def _read_shards(shards: Sequence[Path]) -> _ShardContents:
     return _ShardContents(np.concatenate(ids), np.concatenate(vectors), skipped, token_shape, kept)
 
 
+def _shard_vectors(shards: Sequence[Path]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(vectors float32 [M, D], ids int64 [M]) shard by shard, for a build that adds shards one at a time."""
+    for path in shards:
+        with np.load(path, allow_pickle=False) as shard:
+            yield shard["vectors"], shard["ids"]
+
+
 def _token_chunks(shards: Sequence[Path]) -> Iterator[dict[str, np.ndarray]]:
     """Token arrays shard by shard, so the whole store is never in memory at once."""
     for path in shards:
@@ -371,7 +388,7 @@ def is_current(out: str | os.PathLike[str], gallery: str | os.PathLike[str], che
 
 def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids: np.ndarray, loaded: LoadedModel,
                     settings: EmbedSettings, factory: str, name: str, work_dir: Path,
-                    patch_factory: str | None = None) -> None:
+                    patch_factory: str | None = None, on_disk: bool = False) -> None:
     """Write a complete index directory into `staging` from finished shards."""
     import faiss
 
@@ -380,7 +397,11 @@ def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids
     contents = _read_shards(shards)
     if len(contents.ids) == 0:
         raise _no_photos_error(contents, work_dir, len(listing))
-    index = faiss_index.build_index(contents.vectors, contents.ids, factory)
+    if on_disk:  # trained once, then one block per shard, merged into staging/index.ivfdata
+        trained = ondisk.train(ondisk.train_sample(contents.vectors, factory), factory)
+        index = ondisk.build(_shard_vectors(shards), trained, staging, work_dir / ONDISK_BLOCKS)
+    else:
+        index = faiss_index.build_index(contents.vectors, contents.ids, factory)
     params = faiss_index.default_search_params(index)
     faiss.write_index(index, str(staging / INDEX_FILE))
     layout = empty_layout(settings.token_format if contents.token_shape else "none", contents.token_shape,
@@ -414,7 +435,7 @@ def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids
         "count": int(len(contents.ids)),
         "next_id": int(ids[-1]) + 1,
         "skipped": len(contents.skipped),
-        "faiss": faiss_index.metadata(index, factory, params),
+        "faiss": {**faiss_index.metadata(index, factory, params), **ondisk.metadata(on_disk)},
         "tokens": layout,
         "galleries": [_gallery_entry(listing, ids, len(contents.skipped))],
         "files": _file_names(),
@@ -434,7 +455,12 @@ def _assemble_add(staging: Path, directory: Path, manifest: dict[str, Any], shar
     if contents.vectors.shape[1] != manifest["dimension"]:
         raise IndexMismatchError(f"new vectors have dimension {contents.vectors.shape[1]}, "
                                  f"the index {manifest['dimension']}")
-    index = faiss_index.add_to_index(faiss.read_index(str(directory / INDEX_FILE)), contents.vectors, contents.ids)
+    on_disk = ondisk.is_on_disk(manifest["faiss"])
+    if on_disk:  # the published lists and a block of the new photos, merged into a new lists file
+        index = ondisk.add(directory, contents.vectors, contents.ids, staging, work_dir / ONDISK_BLOCKS)
+    else:
+        index = faiss_index.add_to_index(faiss.read_index(str(directory / INDEX_FILE)), contents.vectors,
+                                         contents.ids)
     faiss.write_index(index, str(staging / INDEX_FILE))
     layout = json.loads(json.dumps(manifest["tokens"]))
     if layout["format"] != "none":
@@ -463,7 +489,7 @@ def _assemble_add(staging: Path, directory: Path, manifest: dict[str, Any], shar
         "count": int(manifest["count"]) + len(contents.ids),
         "next_id": int(ids[-1]) + 1,
         "skipped": int(manifest.get("skipped", 0)) + len(contents.skipped),
-        "faiss": faiss_index.metadata(index, manifest["faiss"]["factory"], params),
+        "faiss": {**faiss_index.metadata(index, manifest["faiss"]["factory"], params), **ondisk.metadata(on_disk)},
         "tokens": layout,
         "galleries": [*manifest.get("galleries", []), _gallery_entry(fresh, ids, len(contents.skipped))],
         **extra,

@@ -54,7 +54,7 @@ def test_recall_at_10_against_flat(factory: str) -> None:
     queries = normalised(queries)
     ids = np.arange(len(vectors), dtype=np.int64) * 3 + 11
     if factory == "Default":
-        factory = f"IVF{faiss_index._nlist_for(len(vectors))},Flat"  # the rule's IVF shape at this size
+        factory = f"IVF{faiss_index.nlist_for(len(vectors))},Flat"  # the rule's IVF shape at this size
     exact, _ = search(faiss_index.build_index(vectors, ids, "Flat"), queries, 10)
     approximate, _ = search(faiss_index.build_index(vectors, ids, factory), queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approximate, exact, strict=True)])
