@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "index_build": "benchmarks.index_build",
     "loadgen": "benchmarks.loadgen",
     "load_swap": "benchmarks.load_swap",
+    "replica_swap": "benchmarks.replica_swap",
     "explain": "benchmarks.explain",
     "fuzz_api": "benchmarks.fuzz_api",
     "upload_memory": "benchmarks.upload_memory",
