@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "loadgen": "benchmarks.loadgen",
     "load_swap": "benchmarks.load_swap",
     "replica_swap": "benchmarks.replica_swap",
+    "scale_sim": "benchmarks.scale_sim",
     "explain": "benchmarks.explain",
     "fuzz_api": "benchmarks.fuzz_api",
     "upload_memory": "benchmarks.upload_memory",
