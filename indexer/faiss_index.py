@@ -114,12 +114,33 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str, *, seed: int
     working = on_gpu if on_gpu is not None else index
     try:
         if not working.is_trained:
-            size = train_sample_size(index, len(vectors))
-            rows = np.random.default_rng(seed).choice(len(vectors), size=size, replace=False)
-            working.train(vectors[np.sort(rows)])
+            working.train(train_sample(vectors, index, seed))
         working.add_with_ids(vectors, ids)
     except RuntimeError as error:
         raise FactoryError(f"FAISS could not build {factory!r} on {len(vectors)} vectors: {_faiss_reason(error)}") \
+            from error
+    return faiss.index_gpu_to_cpu(working) if working is not index else index
+
+
+def train_sample(vectors: np.ndarray, index: faiss.Index, seed: int = 0) -> np.ndarray:
+    """The rows of `vectors` [N, D] that `index` trains on: `train_sample_size` of them, drawn with
+    `seed` and kept in order (float32, contiguous)."""
+    rows = np.random.default_rng(seed).choice(len(vectors), size=train_sample_size(index, len(vectors)),
+                                              replace=False)
+    return np.ascontiguousarray(vectors[np.sort(rows)], dtype=np.float32)
+
+
+def train_empty(factory: str, sample: np.ndarray) -> faiss.Index:
+    """An empty index of `factory` trained on `sample` float32 [S, D] (on the GPUs when there are any);
+    returns its CPU form."""
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    index = create_index(factory, sample.shape[1])
+    on_gpu = to_gpu(index)
+    working = on_gpu if on_gpu is not None else index
+    try:
+        working.train(sample)
+    except RuntimeError as error:
+        raise FactoryError(f"FAISS could not train {factory!r} on {len(sample)} vectors: {_faiss_reason(error)}") \
             from error
     return faiss.index_gpu_to_cpu(working) if working is not index else index
 

@@ -18,7 +18,6 @@ was published or copied to.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 from indexer import faiss_index
 from indexer.errors import FactoryError
 from indexer.manifest import INDEX_FILE
+from models.atomic import write_bytes_atomic
 
 IVFDATA_FILE = "index.ivfdata"
 TRAINED_FILE = "index.trained.faiss"
@@ -64,33 +64,19 @@ def check_factory(factory: str, dim: int) -> None:
 
 def train(sample: np.ndarray, factory: str) -> faiss.Index:
     """An empty IVF index of ``factory`` trained on ``sample`` float32 [S, D] (on GPU when present)."""
-    sample = np.ascontiguousarray(sample, dtype=np.float32)
-    index = faiss_index.create_index(factory, sample.shape[1])
-    on_gpu = faiss_index.to_gpu(index)
-    working = on_gpu if on_gpu is not None else index
-    try:
-        working.train(sample)
-    except RuntimeError as error:
-        raise FactoryError(f"FAISS could not train {factory!r} on {len(sample)} vectors: {error}") from error
-    return faiss.index_gpu_to_cpu(working) if working is not index else index
+    return faiss_index.train_empty(factory, sample)
 
 
 def train_sample(vectors: np.ndarray, factory: str, seed: int = 0) -> np.ndarray:
     """The rows of ``vectors`` [N, D] to train on: the in-memory build's sample rule, same seed."""
-    index = faiss_index.create_index(factory, vectors.shape[1])
-    size = faiss_index.train_sample_size(index, len(vectors))
-    rows = np.random.default_rng(seed).choice(len(vectors), size=size, replace=False)
-    return np.ascontiguousarray(vectors[np.sort(rows)], dtype=np.float32)
+    return faiss_index.train_sample(vectors, faiss_index.create_index(factory, vectors.shape[1]), seed)
 
 
 def write_block(trained: faiss.Index, vectors: np.ndarray, ids: np.ndarray, path: Path) -> Path:
     """One shard's block: a copy of ``trained`` holding ``vectors`` [M, D] under ``ids`` [M], written
     to ``path`` (temp then rename, so a resumed build never reads half a block)."""
     block = faiss_index.add_to_index(faiss.clone_index(trained), vectors, ids)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    faiss.write_index(block, str(temp))
-    os.replace(temp, path)
-    return path
+    return write_bytes_atomic(path, faiss.serialize_index(block).tobytes())
 
 
 def open_block(path: Path) -> faiss.Index:

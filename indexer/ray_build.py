@@ -99,7 +99,7 @@ def _init(ray: Any, address: str) -> None:
     except (ConnectionError, RuntimeError, ValueError) as error:
         hint = ("" if address in ("auto", "local") else
                 "; a cluster with token authentication also needs RAY_AUTH_MODE=token here")
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = _first_line(error)
         raise IndexerError(f"--ray {address}: cannot connect to a Ray cluster: {reason}{hint}") from None
 
 
