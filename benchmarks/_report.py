@@ -63,6 +63,20 @@ def finish(report: dict[str, Any], out: Path) -> dict[str, Any]:
     return report
 
 
+def relative_times(timeline: dict[str, Any], zero: float) -> dict[str, float]:
+    """`timeline`'s `*_at_unix` times as `*_s` seconds after `zero` (a load's `started_at_unix`)."""
+    return {key.replace("_at_unix", "_s"): round(value - zero, 3)
+            for key, value in timeline.items() if key.endswith("_at_unix")}
+
+
+def verdict_status(problems: Sequence[str], out: Path) -> int:
+    """Print each problem of a pass/fail benchmark to stderr and where its report went; the exit status."""
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0 if not problems else 1
+
+
 def set_threads(threads: int | None) -> int:
     """Pin torch's intra-op threads (None: leave torch's default); returns the number in use."""
     import torch

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import finish, header
+from benchmarks._report import finish, header, relative_times, verdict_status
 from benchmarks.server_throughput import free_port, launch_server, loadgen_command, stop_server, wait_ready
 
 ADMIN_TOKEN = "load-swap-benchmark-token"
@@ -177,8 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_tail = (root / "state" / "server.log").read_text(errors="replace")[-2000:]
     # Times of the build relative to the start of the measured load, as the load's index answers are.
     zero = load["started_at_unix"]
-    build_relative = {key.replace("_at_unix", "_s"): round(value - zero, 3)
-                      for key, value in build.items() if key.endswith("_at_unix")}
+    build_relative = relative_times(build, zero)
     problems = verdict(load, build, old_name)
     report.update(old_index=old_name, new_index=NEW_INDEX, load=load, build={**build, **build_relative},
                   phases=phases(load["answers"], build_relative), passed=not problems, problems=problems,
@@ -188,10 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{load['requests_per_s']:.2f} req/s, p50 {latency['p50']} ms, p99 {latency['p99']} ms, "
           f"statuses {load['status_counts']}, indexes {load['indexes']}, build {build.get('state')} "
           f"(queued at {build_relative.get('submitted_s')} s, served at {build_relative.get('served_s')} s)")
-    for problem in problems:
-        print(f"FAILED: {problem}", file=sys.stderr)
-    print(f"wrote {args.out}")
-    return 0 if not problems else 1
+    return verdict_status(problems, args.out)
 
 
 if __name__ == "__main__":

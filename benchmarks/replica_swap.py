@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import finish, header, load_average
+from benchmarks._report import finish, header, load_average, relative_times, verdict_status
 from benchmarks.server_throughput import free_port, launch_server, loadgen_command, stop_server, wait_ready
 
 PUBLISH_POLL_S = 0.05
@@ -262,8 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          for port in ports if (state / f"server-{port}.log").is_file()}
     # Times of the add relative to the start of the measured load, as the load's answers are.
     zero = load["started_at_unix"]
-    swap.update({key.replace("_at_unix", "_s"): round(value - zero, 3)
-                 for key, value in list(swap.items()) if key.endswith("_at_unix")})
+    swap.update(relative_times(swap, zero))
     replicas = replica_summaries(load, before, after, swap.get("published_s"))
     problems = verdict(load, swap, before, after)
     load_summary = {key: value for key, value in load.items() if key not in ("answers", "replicas")}
@@ -279,10 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {replica['url']}: {replica['requests']} requests, {replica['failed']} failed, "
               f"p50 {replica['latency_ms']['p50']} ms, p99 {replica['latency_ms']['p99']} ms, "
               f"new generation {replica['new_generation_after_publish_s']} s after the publish")
-    for problem in problems:
-        print(f"FAILED: {problem}", file=sys.stderr)
-    print(f"wrote {args.out}")
-    return 0 if not problems else 1
+    return verdict_status(problems, args.out)
 
 
 if __name__ == "__main__":
