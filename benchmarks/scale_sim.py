@@ -103,11 +103,11 @@ def _build(args: argparse.Namespace, staging: Path) -> dict[str, Any]:
     work = _blocks_dir(staging)
     started = time.perf_counter()
 
-    sample_rows = min(count, faiss_index.train_sample_size(faiss_index.create_index(factory, dim), count))
-    sample = synthetic_vectors(centres, 0, count, args.noise, args.seed)[
-        np.sort(np.random.default_rng(args.seed).choice(count, sample_rows, replace=False))
-    ] if count <= 2_000_000 else synthetic_vectors(centres, 0, sample_rows, args.noise, args.seed)
-    trained = ondisk.train(sample, factory)
+    # Up to 2M photos the build's own sample rule draws from all of them; above, from the first ones
+    # (as many as the rule takes), so that the whole gallery is never in memory.
+    source = count if count <= 2_000_000 else faiss_index.train_sample_size(faiss_index.create_index(factory, dim),
+                                                                             count)
+    trained = faiss_index.train_empty(factory, synthetic_vectors(centres, 0, source, args.noise, args.seed), args.seed)
     timings["train_s"] = time.perf_counter() - started
 
     def shards() -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -130,11 +130,11 @@ def train_sample(vectors: np.ndarray, index: faiss.Index, seed: int = 0) -> np.n
     return np.ascontiguousarray(vectors[np.sort(rows)], dtype=np.float32)
 
 
-def train_empty(factory: str, sample: np.ndarray) -> faiss.Index:
-    """An empty index of `factory` trained on `sample` float32 [S, D] (on the GPUs when there are any);
-    returns its CPU form."""
-    sample = np.ascontiguousarray(sample, dtype=np.float32)
-    index = create_index(factory, sample.shape[1])
+def train_empty(factory: str, vectors: np.ndarray, seed: int = 0) -> faiss.Index:
+    """An empty index of `factory` trained on `train_sample` of `vectors` float32 [N, D] (the rule
+    `build_index` trains by; on the GPUs when there are any); returns its CPU form."""
+    index = create_index(factory, vectors.shape[1])
+    sample = train_sample(vectors, index, seed)
     on_gpu = to_gpu(index)
     working = on_gpu if on_gpu is not None else index
     try:

@@ -62,16 +62,6 @@ def check_factory(factory: str, dim: int) -> None:
         raise FactoryError(f"FAISS cannot keep the lists of {factory!r} (IVFPQR) on disk")
 
 
-def train(sample: np.ndarray, factory: str) -> faiss.Index:
-    """An empty IVF index of ``factory`` trained on ``sample`` float32 [S, D] (on GPU when present)."""
-    return faiss_index.train_empty(factory, sample)
-
-
-def train_sample(vectors: np.ndarray, factory: str, seed: int = 0) -> np.ndarray:
-    """The rows of ``vectors`` [N, D] to train on: the in-memory build's sample rule, same seed."""
-    return faiss_index.train_sample(vectors, faiss_index.create_index(factory, vectors.shape[1]), seed)
-
-
 def write_block(trained: faiss.Index, vectors: np.ndarray, ids: np.ndarray, path: Path) -> Path:
     """One shard's block: a copy of ``trained`` holding ``vectors`` [M, D] under ``ids`` [M], written
     to ``path`` (temp then rename, so a resumed build never reads half a block)."""

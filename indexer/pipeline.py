@@ -398,7 +398,7 @@ def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids
     if len(contents.ids) == 0:
         raise _no_photos_error(contents, work_dir, len(listing))
     if on_disk:  # trained once, then one block per shard, merged into staging/index.ivfdata
-        trained = ondisk.train(ondisk.train_sample(contents.vectors, factory), factory)
+        trained = faiss_index.train_empty(factory, contents.vectors)
         index = ondisk.build(_shard_vectors(shards), trained, staging, work_dir / ONDISK_BLOCKS)
     else:
         index = faiss_index.build_index(contents.vectors, contents.ids, factory)

@@ -38,7 +38,7 @@ def test_merged_on_disk_lists_search_as_the_in_memory_index(tmp_path: Path) -> N
     vectors = _vectors(3000)
     ids = np.arange(100, 3100, dtype=np.int64)  # explicit ids, not row numbers
     memory = faiss_index.build_index(vectors, ids, FACTORY)
-    trained = ondisk.train(ondisk.train_sample(vectors, FACTORY), FACTORY)
+    trained = faiss_index.train_empty(FACTORY, vectors)
     directory = tmp_path / "index"
     directory.mkdir()
     index = ondisk.build(_shards(vectors, ids, 700), trained, directory, tmp_path / "work")
@@ -66,7 +66,7 @@ def test_add_writes_new_lists_and_leaves_the_published_ones(tmp_path: Path) -> N
     first, later = slice(0, 2000), slice(2000, 2500)
     published = tmp_path / "published"
     published.mkdir()
-    trained = ondisk.train(ondisk.train_sample(vectors[first], FACTORY), FACTORY)
+    trained = faiss_index.train_empty(FACTORY, vectors[first])
     index = ondisk.build(_shards(vectors[first], ids[first], 512), trained, published, tmp_path / "work")
     faiss.write_index(index, str(published / "index.faiss"))
     del index
