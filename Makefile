@@ -45,5 +45,5 @@ run: install
 	$(VENV)/bin/sbir index build --gallery data/demo/manifest.csv --checkpoint $(DEMO_WEIGHTS) --out $(DEMO_INDEX) \
 	  --name openmoji-demo --skip-current
 	@echo "Open http://127.0.0.1:8000 in a browser (Ctrl-C stops the server)."
-	SBIR_DATA_ROOTS='["data"]' $(VENV)/bin/sbir serve --index $(DEMO_INDEX) --checkpoint $(DEMO_WEIGHTS) \
+	SBIR_DATA_ROOTS='["data"]' SBIR_ANN_WEIGHT=1 $(VENV)/bin/sbir serve --index $(DEMO_INDEX) --checkpoint $(DEMO_WEIGHTS) \
 	  --host 127.0.0.1 --port 8000

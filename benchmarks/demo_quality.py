@@ -1,7 +1,8 @@
 """What a user of the demo gets: the no-learning baseline against demo models, on one table.
 
 Measures, each for [Ret] alone, two-stage (the [Ret] top K re-ranked by the relation network) and,
-for the models named with ``--exhaustive``, the relation network over every pair:
+for the models named with ``--exhaustive``, the relation network over every pair; with
+``--ann-weight W`` also two-stage and exhaustive ranked by relation + W x [Ret] cosine (``+annW``):
 
 - **unseen split, all photos**: each unseen OpenMoji line drawing against all 2,456 colour images
   (seen subgroups too). Instance: its own colour version (acc@1, acc@10); category: its subgroup
@@ -132,11 +133,12 @@ class Baseline:
 class ModelMethod:
     """A checkpoint, scored by the evaluation path of ``sbir evaluate`` (training.evaluate.Scorer)."""
 
-    modes = ("ret", "two-stage", "rn")
-
-    def __init__(self, name: str, model: torch.nn.Module, shortlist: int) -> None:
-        self.name, self.model, self.shortlist = name, model.eval(), shortlist
+    def __init__(self, name: str, model: torch.nn.Module, shortlist: int, ann_weight: float = 0.0) -> None:
+        self.name, self.model, self.shortlist, self.ann_weight = name, model.eval(), shortlist, ann_weight
         self.galleries: dict[str, Any] = {}
+        # "+ann": ranked by relation + ann_weight x [Ret] cosine (indexer.retrieval.ranking_scores).
+        fused = (f"two-stage+ann{ann_weight:g}", f"rn+ann{ann_weight:g}") if ann_weight else ()
+        self.modes = ("ret", "two-stage", "rn", *fused)
 
     def prepare(self, key: str, photos: Sequence[Sample]) -> None:
         from training.evaluate import embed
@@ -148,10 +150,12 @@ class ModelMethod:
         from training.evaluate import Scorer, embed
 
         encoded = embed(self.model, sketches, "sketch", device=torch.device("cpu"), keep_tokens=True, num_workers=0)
-        return {
-            mode: Scorer(self.model, self.galleries[key], mode, shortlist=self.shortlist).distances(encoded)  # type: ignore[arg-type]
-            for mode in modes
-        }
+        scored = {}
+        for mode in modes:
+            retrieval, _, fused = mode.partition("+ann")
+            scored[mode] = Scorer(self.model, self.galleries[key], retrieval, shortlist=self.shortlist,  # type: ignore[arg-type]
+                                  ann_weight=self.ann_weight if fused else 0.0).distances(encoded)
+        return scored
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +211,7 @@ def alignment(model: torch.nn.Module, sets: dict[str, Any], pairs: int) -> float
 
 def measure(method: Any, sets: dict[str, Any], doodles: list[Sample], *, exhaustive_every: int | None,
             alignment_pairs: int) -> dict[str, Any]:
-    modes = [mode for mode in method.modes if mode != "rn"]
+    modes = [mode for mode in method.modes if not mode.startswith("rn")]
     gallery_labels = np.array(sets["gallery_subgroups"])
     gallery_codes = np.array(sets["gallery_codes"])
     query_codes = np.array(sets["query_codes"])
@@ -221,7 +225,7 @@ def measure(method: Any, sets: dict[str, Any], doodles: list[Sample], *, exhaust
     if exhaustive_every and "rn" in method.modes:
         subset = list(range(0, len(sets["queries"]), exhaustive_every))
         chosen = [sets["queries"][i] for i in subset]
-        sub = method.distances("openmoji", chosen, ["rn", "two-stage", "ret"])
+        sub = method.distances("openmoji", chosen, list(method.modes))
         result["exhaustive_subset"] = {"queries": len(subset), "every": exhaustive_every, **{
             mode: instance_and_category(distances, own[subset], query_labels[subset], gallery_labels)
             for mode, distances in sub.items()}}
@@ -256,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--exhaustive-every", type=int, default=3)
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("--alignment-pairs", type=int, default=200)
+    parser.add_argument("--ann-weight", type=float, default=0.0, metavar="W",
+                        help="also rank the models by relation + W x [Ret] cosine (modes two-stage+annW, rn+annW)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/demo_quality.json"))
     args = parser.parse_args(argv)
     import models
@@ -271,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods.append(("untrained", ModelMethod("untrained", models.build_model("zse-tiny"), args.shortlist)))
     for spec in args.model:
         name, _, path = spec.partition("=")
-        methods.append((name, ModelMethod(name, models.load(path, "cpu").model, args.shortlist)))
+        methods.append((name, ModelMethod(name, models.load(path, "cpu").model, args.shortlist, args.ann_weight)))
     report["methods"] = {}
     with tempfile.TemporaryDirectory() as scratch:
         doodles = doodle_samples(Path(scratch))

@@ -185,9 +185,23 @@ def _scores(model: Any, gallery: Any, sketch_tokens: Tokens, ids: Sequence[int] 
     return scores
 
 
-def order_by_relation(relation: np.ndarray) -> np.ndarray:
-    """Positions [P] of the shortlist sorted by relation score, highest first; ties keep ANN order."""
-    return np.argsort(-relation, kind="stable")
+def ranking_scores(relation: np.ndarray, ann_scores: np.ndarray, ann_weight: float = 0.0) -> np.ndarray:
+    """The score a re-ranked shortlist is ordered by: relation [P] + ann_weight * ann_scores [P], float32.
+
+    ann_weight 0 is the paper's rule (the relation score alone). The demo model ranks better with
+    the [Ret] cosine added at weight 1 (benchmarks/RESULTS.md, "Demo model quality"): the two stages
+    make different mistakes.
+    """
+    relation = np.asarray(relation, dtype=np.float32)
+    if not ann_weight:
+        return relation
+    return relation + np.float32(ann_weight) * np.asarray(ann_scores, dtype=np.float32)
+
+
+def order_by_relation(scores: np.ndarray) -> np.ndarray:
+    """Positions [P] of the shortlist sorted by ranking score (``ranking_scores``), highest first;
+    ties keep ANN order."""
+    return np.argsort(-scores, kind="stable")
 
 
 # ----------------------------------------------------------------------------------------------

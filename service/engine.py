@@ -70,6 +70,7 @@ class SearchHit:
     image_id: int
     ann_score: float
     relation_score: float | None
+    score: float  # what the results are ordered by (indexer.retrieval.ranking_scores; the ANN score unranked)
 
 
 @dataclass
@@ -370,11 +371,13 @@ class SearchEngine:
                     relation = stages.relation_scores(model.model, lease.index, embedding.tokens, short.ids,
                                                       self.settings.rerank_batch_size, model.device,
                                                       amp=self.settings.autocast, reranking=self._reranking)
-                order = stages.order_by_relation(relation)[:k]
-                hits = [SearchHit(int(short.ids[i]), float(short.ann_scores[i]), float(relation[i])) for i in order]
+                score = stages.ranking_scores(relation, short.ann_scores, self.settings.ann_weight)
+                order = stages.order_by_relation(score)[:k]
+                hits = [SearchHit(int(short.ids[i]), float(short.ann_scores[i]), float(relation[i]), float(score[i]))
+                        for i in order]
             else:
-                hits = [SearchHit(int(i), float(s), None) for i, s in zip(short.ids[:k], short.ann_scores[:k],
-                                                                         strict=True)]
+                hits = [SearchHit(int(i), float(s), None, float(s)) for i, s in zip(short.ids[:k], short.ann_scores[:k],
+                                                                                    strict=True)]
             timings["rerank"] = _elapsed_ms(started) if use_relation else 0.0
 
             records = {hit.image_id: lease.index.record(hit.image_id) for hit in hits}

@@ -16,6 +16,7 @@ def search_results(outcome: SearchOutcome, *, show_paths: bool) -> list[SearchRe
             rank=rank, image_id=hit.image_id, key=record.key,
             path=outcome.paths.get(hit.image_id) if show_paths else None, label=record.label,
             metadata=dict(record.metadata or {}), ann_score=hit.ann_score, relation_score=hit.relation_score,
+            score=hit.score,
             image_url=f"/images/{hit.image_id}",
         ))
     return results

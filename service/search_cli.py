@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--rerank-mode", default="fp32", metavar="MODE",
                         help="fp32 (exact, default), bf16, int8, bf16+cascadeM or int8+cascadeM "
                              "(as SBIR_RERANK_MODE; docs/service.md)")
+    parser.add_argument("--ann-weight", type=float, default=0.0, metavar="W",
+                        help="order re-ranked results by relation + W x [Ret] cosine (as SBIR_ANN_WEIGHT; "
+                             "default 0, the paper's rule)")
     parser.set_defaults(handler=_search)
 
 
@@ -59,12 +62,15 @@ def _search(args: argparse.Namespace) -> int:
         rerank_mode = RerankMode.parse(args.rerank_mode).label
     except ValueError as error:
         raise CliError(f"--rerank-mode: {error}") from None
+    if not args.ann_weight >= 0:
+        raise CliError(f"--ann-weight must be at least 0, got {args.ann_weight}")
     checkpoint = args.checkpoint or _recorded_checkpoint(args.index)
     if not checkpoint.is_file():
         raise CliError(f"checkpoint not found: {checkpoint}")
     # The defaults of every other setting; nothing is read from SBIR_* variables meant for a server.
     settings = Settings.model_construct(checkpoint=checkpoint, index_dir=args.index, device=args.device,
-                                        query_cache_size=1, rerank_mode=rerank_mode)
+                                        query_cache_size=1, rerank_mode=rerank_mode,
+                                        ann_weight=args.ann_weight)
     engine = SearchEngine(settings)
     try:
         engine.load_model(checkpoint)
@@ -79,12 +85,12 @@ def _search(args: argparse.Namespace) -> int:
                           "reranked": outcome.reranked, "shortlist": outcome.shortlist_size,
                           "results": [result.model_dump(mode="json") for result in results]}))
         return 0
-    score = "relation" if outcome.reranked else "ann"
-    print(f"index {outcome.index_name} ({outcome.index_size} photos), ranked by {score} score")
+    score = "ann" if not outcome.reranked else ("relation" if not args.ann_weight else "fused")
+    rule = f" (relation + {args.ann_weight:g} x ann)" if score == "fused" else ""
+    print(f"index {outcome.index_name} ({outcome.index_size} photos), ranked by {score} score{rule}")
     print(f"{'rank':>4}  {'id':>6}  {score:>8}  {'label':<16} key")
     for result in results:
-        value = result.relation_score if outcome.reranked else result.ann_score
-        print(f"{result.rank:>4}  {result.image_id:>6}  {value:>8.4f}  {result.label or '-':<16} {result.key}")
+        print(f"{result.rank:>4}  {result.image_id:>6}  {result.score:>8.4f}  {result.label or '-':<16} {result.key}")
     return 0
 
 

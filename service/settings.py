@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     rerank_mode: str = Field("fp32", description="relation re-ranking: fp32 (exact), bf16, int8, or bf16+cascadeM / "
                                                  "int8+cascadeM (the top M rescored exactly); speed and agreement of "
                                                  "each in benchmarks/RESULTS.md")
+    ann_weight: float = Field(0.0, ge=0.0, le=100.0,
+                              description="re-ranked results are ordered by relation + ann_weight x [Ret] cosine; "
+                                          "0 = the paper's rule (relation alone); the demo serves with 1 "
+                                          "(benchmarks/RESULTS.md, demo model quality)")
     torch_threads: int | None = Field(None, ge=1, le=1024,
                                       description="torch intra-op threads; default: the cores this process may use "
                                                   "(CPU affinity and a cgroup CPU quota both count)")

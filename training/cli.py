@@ -68,6 +68,11 @@ def register(subparsers: Any) -> None:
         "--rerank-mode", default="fp32", metavar="MODE",
         help="relation scores: fp32 (exact), bf16, int8, bf16+cascadeM, int8+cascadeM (default: fp32)",
     )
+    evaluate.add_argument(
+        "--ann-weight", type=float, default=0.0, metavar="W",
+        help="rn / two-stage rank by relation + W x [Ret] cosine (default: 0, the paper's rule; "
+        "the demo serves with 1)",
+    )
     evaluate.add_argument("--quick", action="store_true", help="the reference's subsampled quick test")
     evaluate.add_argument(
         "--gallery",
@@ -138,6 +143,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"--shortlist must be at least 1, got {args.shortlist}")
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not args.ann_weight >= 0:
+        raise CliError(f"--ann-weight must be at least 0, got {args.ann_weight}")
     from models.rerank_mode import RerankMode
 
     try:
@@ -153,6 +160,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         retrieval=args.retrieval,
         shortlist=args.shortlist,
         rerank_mode=args.rerank_mode,
+        ann_weight=args.ann_weight,
         unseen=args.unseen,
         quick=args.quick,
         batch_size=args.batch_size,

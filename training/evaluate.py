@@ -212,8 +212,10 @@ class Scorer:
         chunk_size: int = 256,
         amp: bool = True,
         reranking: Reranking = EXACT,
+        ann_weight: float = 0.0,
     ) -> None:
         self.model = model
+        self.ann_weight = ann_weight
         self.reranking = reranking
         self.photos = photos
         self.retrieval = retrieval
@@ -243,16 +245,22 @@ class Scorer:
             return ret_distances(sketches.ret, self.photos.ret).numpy()
         if self.retrieval == "rn":
             everything = np.arange(self.gallery)
-            rows = [-self._relation_row(sketches, row, everything) for row in range(count)]
-            return torch.stack(rows).numpy() if rows else np.empty((0, self.gallery), np.float32)
-        # two-stage: everything outside the shortlist after it, by inner product (what the ANN returns).
-        inner = sketches.ret @ self.photos.ret.T  # [b, G]
-        distances = _OUTSIDE_SHORTLIST + (1.0 - inner)
+            inner = (sketches.ret @ self.photos.ret.T).numpy()  # [b, G]
+            rows = [-retrieval_path.ranking_scores(self._relation_row(sketches, row, everything).numpy(),
+                                                   inner[row], self.ann_weight) for row in range(count)]
+            return np.stack(rows) if rows else np.empty((0, self.gallery), np.float32)
+        # two-stage: everything outside the shortlist after it, by inner product (what the ANN returns);
+        # shortlisted distances are at most ann_weight (relation in (0, 1), cosine >= -1).
+        outside = _OUTSIDE_SHORTLIST + self.ann_weight + (1.0 - sketches.ret @ self.photos.ret.T)  # [b, G]
+        distances = outside.numpy()
         for row, candidates in enumerate(retrieval_path.shortlists(self.index, sketches.ret.numpy(), self.shortlist)):
             # Gallery order, so that K = G scores exactly the chunks the exhaustive path scores.
-            shortlisted = np.sort(candidates.ids)
-            distances[row, torch.from_numpy(shortlisted)] = -self._relation_row(sketches, row, shortlisted)
-        return distances.numpy()
+            order = np.argsort(candidates.ids)
+            shortlisted = candidates.ids[order]
+            relation = self._relation_row(sketches, row, shortlisted).numpy()
+            distances[row, shortlisted] = -retrieval_path.ranking_scores(relation, candidates.ann_scores[order],
+                                                                         self.ann_weight)
+        return distances
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,6 +312,7 @@ def evaluate_model(
     relation_chunk: int = 256,
     progress: Progress | None = None,
     rerank_mode: str = "fp32",
+    ann_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Evaluate an already loaded model on a split (also used for validation during training).
 
@@ -328,6 +337,8 @@ def evaluate_model(
         )
     if shortlist < 1:
         raise EvaluationError(f"shortlist must be at least 1, got {shortlist}")
+    if not ann_weight >= 0:
+        raise EvaluationError(f"ann_weight must be at least 0, got {ann_weight}")
     if instance and split.pairs is None:
         raise EvaluationError("instance metrics need sketch-photo pairs")
     was_training = model.training
@@ -360,7 +371,7 @@ def evaluate_model(
         done = 0
         reranking = Reranking.prepare(model, RerankMode.parse(rerank_mode))
         scorer = Scorer(model, photos, retrieval, shortlist=shortlist, chunk_size=relation_chunk, amp=amp,
-                        reranking=reranking)
+                        reranking=reranking, ann_weight=ann_weight)
         accumulators = {style: _MetricAccumulator(style, fine_grained) for style in ("reference", "standard")}
         instance_accumulator = _MetricAccumulator("reference", True)
         photo_labels = np.array([sample.label for sample in split.photos])
@@ -439,6 +450,7 @@ def evaluate(
     pair_by_stem: bool = False,
     allow_small_split: bool = False,
     rerank_mode: str = "fp32",
+    ann_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the zero-shot (unseen) part of ``dataset``; return (and write) the report.
 
@@ -453,6 +465,8 @@ def evaluate(
         shortlist: K of the two-stage path (clamped to the gallery size).
         rerank_mode: how relation scores are computed (``models.rerank_mode``: fp32, bf16, int8,
             bf16+cascadeM, ...), as the server's ``SBIR_RERANK_MODE``.
+        ann_weight: rn / two-stage rank by relation + ann_weight * [Ret] cosine
+            (``indexer.retrieval.ranking_scores``), as the server's ``SBIR_ANN_WEIGHT``; 0 is the paper's rule.
         unseen: generic / openmoji-demo: the unseen classes (a list, a file with one name a line, or a
             string naming no file, read as comma-separated names).
         quick: the reference's subsampled quick test.
@@ -509,6 +523,7 @@ def evaluate(
         retrieval=retrieval,
         shortlist=shortlist,
         rerank_mode=rerank_mode,
+        ann_weight=ann_weight,
         fine_grained=dataset in FINE_GRAINED_DATASETS,
         instance=instance,
         batch_size=batch_size,
@@ -536,6 +551,7 @@ def evaluate(
             "retrieval": retrieval,
             "shortlist": scorer_shortlist(retrieval, shortlist, len(split.photos)),
             "rerank_mode": RerankMode.parse(rerank_mode).label,
+            "ann_weight": ann_weight,
             "unseen": unseen_value,
             "quick": quick,
             "gallery": gallery,

@@ -48,6 +48,8 @@ class SearchResult(BaseModel):
     metadata: dict[str, Any]
     ann_score: float = Field(description="inner product of the [Ret] embeddings from the ANN index")
     relation_score: float | None = Field(description="relation network score in (0, 1); null when not re-ranked")
+    score: float = Field(description="what the results are ordered by: relation_score + SBIR_ANN_WEIGHT x "
+                                     "ann_score when re-ranked, else ann_score")
     image_url: str
 
 

@@ -60,6 +60,17 @@ def test_order_by_relation_is_descending_and_keeps_ann_order_on_ties() -> None:
     np.testing.assert_array_equal(order, [1, 3, 0, 2])
 
 
+def test_ranking_scores_add_the_weighted_ann_cosine_and_weight_zero_is_relation_alone() -> None:
+    relation = np.array([0.2, 0.9, 0.2, 0.5], dtype=np.float32)
+    ann = np.array([0.9, 0.1, 0.5, 0.3], dtype=np.float32)
+    # By hand: 0.2 + 0.9 = 1.1, 0.9 + 0.1 = 1.0, 0.2 + 0.5 = 0.7, 0.5 + 0.3 = 0.8.
+    fused = retrieval.ranking_scores(relation, ann, 1.0)
+    np.testing.assert_allclose(fused, [1.1, 1.0, 0.7, 0.8], atol=1e-6)
+    np.testing.assert_array_equal(retrieval.order_by_relation(fused), [0, 1, 3, 2])
+    np.testing.assert_allclose(retrieval.ranking_scores(relation, ann, 0.5), [0.65, 0.95, 0.45, 0.65], atol=1e-6)
+    np.testing.assert_array_equal(retrieval.ranking_scores(relation, ann, 0.0), relation)
+
+
 def test_amff_encodes_either_modality_with_one_network_and_cannot_rerank() -> None:
     torch.manual_seed(0)
     model = models.build_model("amff-tiny").eval()

@@ -67,6 +67,23 @@ def test_rerank_order_equals_relation_scores_computed_with_the_model(make_settin
     assert [result["rank"] for result in body["results"]] == [1, 2, 3, 4, 5]
 
 
+def test_ann_weight_orders_by_relation_plus_weighted_ann_score(make_settings, workspace, reference_model):
+    png = sketch_png("circle")
+    weight = 1.5
+    app = create_app(make_settings(index_dir=workspace.index_dir_no_tokens, ann_weight=weight))
+    with running(app) as client:
+        body = search(client, png, k=6, shortlist=8).json()
+    shortlist, ann = ann_reference(reference_model, workspace.index_dir_no_tokens, png, 8)
+    with indexer.open(workspace.index_dir_no_tokens) as index:
+        direct = direct_relation(reference_model, index, png, shortlist)
+    fused = direct + weight * ann
+    assert [result["image_id"] for result in body["results"]] == [shortlist[i] for i in np.argsort(-fused)[:6]]
+    by_id = dict(zip(shortlist, fused, strict=True))
+    for result in body["results"]:
+        assert result["score"] == pytest.approx(float(by_id[result["image_id"]]), abs=1e-5)
+        assert result["score"] == pytest.approx(result["relation_score"] + weight * result["ann_score"], abs=1e-5)
+
+
 def test_fp16_token_store_gives_the_model_scores_within_half_precision(client, workspace, reference_model):
     png = sketch_png("square")
     body = search(client, png, k=8, shortlist=8).json()

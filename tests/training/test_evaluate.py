@@ -121,6 +121,27 @@ def test_two_stage_scores_the_shortlist_and_orders_the_rest_by_inner_product(dem
         assert list(ranking[4:]) == list(rest)
 
 
+def test_ann_weight_ranks_the_shortlist_by_relation_plus_weighted_inner_product(demo_root, zse_model):
+    split = load_split("openmoji-demo", demo_root, "zero")
+    device = torch.device("cpu")
+    photos = embed(zse_model, split.photos, "photo", device=device, keep_tokens=True)
+    sketches = embed(zse_model, split.sketches, "sketch", device=device, keep_tokens=True)
+    relation = -Scorer(zse_model, photos, "rn").distances(sketches)  # [12, 12] relation scores
+    inner = (sketches.ret @ photos.ret.T).numpy()
+    weight = 2.0
+    fused_exhaustive = Scorer(zse_model, photos, "rn", ann_weight=weight).distances(sketches)
+    np.testing.assert_allclose(fused_exhaustive, -(relation + weight * inner), atol=1e-5)
+
+    distances = Scorer(zse_model, photos, "two-stage", shortlist=4, ann_weight=weight).distances(sketches)
+    for row in range(len(split.sketches)):
+        by_inner = np.argsort(-inner[row], kind="stable")
+        shortlist, rest = by_inner[:4], by_inner[4:]
+        ranking = rank_by_distances(distances[row])[0]
+        fused = relation[row] + weight * inner[row]
+        assert list(ranking[:4]) == sorted(shortlist, key=lambda p: (-fused[p], p))
+        assert list(ranking[4:]) == list(rest)  # the weight never lets an unlisted photo in
+
+
 def test_ret_metrics_equal_those_of_independent_distances(demo_root, zse_model, zse_checkpoint):
     fractions: list[float] = []
     report = evaluate(
