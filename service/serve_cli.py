@@ -24,6 +24,7 @@ SETTINGS_HELP = (
     "  engine and jobs   SBIR_DEVICE, SBIR_RERANK_BATCH_SIZE, SBIR_QUERY_CACHE_SIZE, SBIR_MAX_CONCURRENT_JOBS,\n"
     "                    SBIR_AUTOCAST, SBIR_TORCH_THREADS\n"
     "  re-ranking speed  SBIR_RERANK_MODE (fp32 exact; bf16, int8, bf16+cascadeM, int8+cascadeM)\n"
+    "  ranking           SBIR_ANN_WEIGHT (order by relation + W x [Ret] cosine; 0 = relation alone)\n"
     "Each is described in docs/service.md. Start-up logs one line saying which of these are on."
 )
 
