@@ -74,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
 
     recipe = DemoRecipe.from_file(args.recipe, steps=args.steps, run_dir=args.run_dir)
     try:
-        bank = training_bank(recipe.data_root, recipe.styles)
+        bank = training_bank(recipe.data_root, recipe.styles, icons_to_emoji=recipe.icons_to_emoji)
         queries, gallery = evaluation_banks(recipe.data_root)
     except FileNotFoundError as error:
         missing = error.filename or str(error)

@@ -6,8 +6,9 @@ Each style is an ``@iconify-json/<set>`` package (pinned version and integrity, 
 
 - ``photo``: a colour emoji set; each emoji is another gallery-style picture of an OpenMoji emoji;
 - ``sketch``: a monochrome emoji set; each emoji is another "drawing" of an OpenMoji emoji;
-- ``icons``: an icon set with ``<name>`` (outline) and ``<name>-filled`` pairs; the outline is the
-  sketch, the filled icon the photo (in a colour picked from the name, since the gallery is colour);
+- ``icons``: an icon set with outline / filled pairs (Tabler: ``<name>`` and ``<name>-filled``;
+  Phosphor: ``<name>-light`` and ``<name>-fill``); the outline is the sketch, the filled icon the
+  photo (in a colour picked from the name, since the gallery is colour);
 - ``cross``: a colour set kept out of training and tuning, for the cross-style test.
 
 Matching an emoji to OpenMoji: by code point where ``chars.json`` has it (``FE0F`` ignored), else by
@@ -63,6 +64,9 @@ class Style:
     integrity: str
     licence: str
     role: Role
+    # Icon sets: the name suffixes of an icon's outline and filled variants.
+    outline_suffix: str = ""
+    filled_suffix: str = "-filled"
 
 
 STYLES: dict[str, Style] = {
@@ -86,6 +90,10 @@ STYLES: dict[str, Style] = {
         Style("tabler", "@iconify-json/tabler", "1.2.41",
               "sha512-GHg+H/cnr0anaCoV383JONiOMxZQOdojWYNLgL3x0fRE07YW7c+AHiYmIhXet//oq26T830qitdP7l43ojiCXw==",
               "MIT", "icons"),
+        # Phosphor's light weight (12 of 256 wide) is the closest of its weights to the page's thin pen.
+        Style("ph", "@iconify-json/ph", "1.2.2",
+              "sha512-PgkEZNtqa8hBGjHXQa4pMwZa93hmfu8FUSjs/nv4oUU6yLsgv+gh9nu28Kqi8Fz9CCVu4hj1MZs9/60J57IzFw==",
+              "MIT", "icons", outline_suffix="-light", filled_suffix="-fill"),
         Style("twemoji", "@iconify-json/twemoji", "1.2.5",
               "sha512-uKpuIEV0v6K5BW3Mjdyl+XKFVAbbcPxAgifKvEMtZoUZB5+YiY5zaMm2uNNCxyXzAWU9yNLlj41WU6/mvgALsw==",
               "CC-BY-4.0", "cross"),
@@ -204,22 +212,25 @@ def _words(name: str) -> set[str]:
             for word in re.split(r"[^a-z]+", name.lower()) if len(word) > 1}
 
 
-def icon_jobs(package: dict[str, Any], banned: set[str], stroke: float = 1.0) -> tuple[list[tuple[str, str, str, str]], int]:
+def icon_jobs(package: dict[str, Any], banned: set[str], stroke: float = 1.0, outline_suffix: str = "",
+              filled_suffix: str = "-filled") -> tuple[list[tuple[str, str, str, str]], int]:
     """(name, concept, outline svg, filled svg) of each outline / filled pair not touching ``banned``;
-    and how many pairs were left out. The outline's stroke is set to ``stroke`` (of 24): the page's pen
-    is thinner, relative to a drawing, than the sets' 2."""
+    and how many pairs were left out. ``name`` is the icon's base name: its variants are
+    ``name + outline_suffix`` and ``name + filled_suffix``. A stroked outline's stroke is set to
+    ``stroke`` (of 24): the page's pen is thinner, relative to a drawing, than Tabler's 2."""
     icons = package["icons"]
     table = icons.get("icons", {})
     jobs, dropped = [], 0
-    for name in sorted(table):
-        if name.endswith("-filled") or f"{name}-filled" not in table:
+    bases = sorted(name[:-len(filled_suffix)] for name in table if name.endswith(filled_suffix))
+    for name in bases:
+        if f"{name}{outline_suffix}" not in table:
             continue
         if _words(name) & banned:
             dropped += 1
             continue
-        outline = icon_svg(icons, name)
+        outline = icon_svg(icons, f"{name}{outline_suffix}")
         colour = ICON_COLOURS[int(hashlib.sha1(name.encode()).hexdigest(), 16) % len(ICON_COLOURS)]
-        filled = icon_svg(icons, f"{name}-filled", colour)
+        filled = icon_svg(icons, f"{name}{filled_suffix}", colour)
         if outline is None or filled is None:
             continue
         outline = outline.replace('stroke-width="2"', f'stroke-width="{stroke:g}"')
@@ -254,7 +265,8 @@ def prepare_style(demo: str | os.PathLike[str], style: Style, cache: str | os.Pa
     counts: dict[str, int] = {"sketches": 0, "photos": 0, "left_out_unseen": 0, "render_failed": 0}
     try:
         if style.role == "icons":
-            jobs, counts["left_out_unseen"] = icon_jobs(package, unseen_words(targets))
+            jobs, counts["left_out_unseen"] = icon_jobs(package, unseen_words(targets), outline_suffix=style.outline_suffix,
+                                                        filled_suffix=style.filled_suffix)
             for name, concept, outline, filled in jobs:
                 _save(build / "sketch" / concept / f"{name}.png", outline, size, counts, "sketches")
                 _save(build / "photo" / concept / f"{name}.png", filled, size, counts, "photos")

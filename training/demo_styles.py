@@ -31,12 +31,43 @@ def style_items(root: Path, style: str) -> list[BankItem]:
     return items
 
 
-def training_bank(root: str | os.PathLike[str], styles: Sequence[str], cache: Path | None = BANK_CACHE) -> PairBank:
-    """The seen-split images of ``styles``, decoded (cached in ``cache``)."""
+def link_icons(root: Path, items: Sequence[BankItem]) -> list[BankItem]:
+    """``items`` with each icon that is named as exactly one seen OpenMoji emoji moved into that emoji's
+    instance and subgroup (Phosphor's ``umbrella`` joins ``emoji:2602``, umbrella).
+
+    Its outline then counts as one more drawing of the emoji and its filled icon as one more picture,
+    which ties the icons' doodle-like line art to the gallery's colour emoji. Names are compared with
+    the slug of OpenMoji's annotation; a name shared by several emoji stays an icon concept of its own.
+    Only seen emoji are candidates (icons of unseen concepts are not rendered at all).
+    """
+    from training.demo_extra import STYLES, read_targets
+
+    by_slug: dict[str, list[tuple[str, str]]] = {}
+    for target in read_targets(root):
+        if not target.unseen:
+            by_slug.setdefault(target.slug, []).append((target.hexcode, target.subgroup))
+    icon_sources = {f"{name}-{modality}" for name, style in STYLES.items() if style.role == "icons"
+                    for modality in ("sketch", "photo")}
+    linked = []
+    for item in items:
+        match = by_slug.get(item.path.stem, []) if item.source in icon_sources else []
+        if len(match) == 1:
+            hexcode, subgroup = match[0]
+            item = BankItem(item.path, item.modality, f"emoji:{hexcode}", subgroup, item.source)
+        linked.append(item)
+    return linked
+
+
+def training_bank(root: str | os.PathLike[str], styles: Sequence[str], cache: Path | None = BANK_CACHE,
+                  icons_to_emoji: bool = False) -> PairBank:
+    """The seen-split images of ``styles``, decoded (cached in ``cache``); with ``icons_to_emoji``, icons
+    named as an emoji are linked to it (`link_icons`)."""
     root = Path(root)
     items: list[BankItem] = []
     for style in styles:
         items.extend(openmoji_items(root, "seen") if style == "openmoji" else style_items(root, style))
+    if icons_to_emoji:
+        items = link_icons(root, items)
     return build_bank(items, cache=cache)
 
 

@@ -85,6 +85,8 @@ class DemoRecipe:
     # With several styles: the share of emoji items drawn as their OpenMoji black / colour pair (the
     # gallery's own style), so that the pixel-aligned skill of stage 1 is kept while styles are added.
     openmoji_pair_share: float = 0.0
+    # Icons named as exactly one seen emoji join that emoji's instance (training.demo_styles.link_icons).
+    icons_to_emoji: bool = False
     # Weight of the cell-alignment term on OpenMoji black / colour pairs (same frame): each sketch
     # anchor's kernel row, as a softmax at align_temperature, should peak at its own cell. This keeps
     # the correspondence explanations meaningful (training.contrastive.alignment_loss).

@@ -26,7 +26,7 @@ from training.demo_extra import (
     slug,
     unseen_words,
 )
-from training.demo_styles import style_items
+from training.demo_styles import link_icons, style_items
 
 SQUARE = '<path fill="currentColor" d="M4 4h16v16H4z"/>'
 OUTLINE = '<path fill="none" stroke="currentColor" stroke-width="2" d="M4 4h16v16H4z"/>'
@@ -76,6 +76,35 @@ def test_icon_rule_leaves_out_words_of_unseen_concepts() -> None:
     assert [name for name, *_ in jobs] == ["heart"] and dropped == 2  # "birds" counts as "bird"
     name, concept, outline, filled = jobs[0]
     assert concept == "heart" and 'stroke-width="1"' in outline and "currentColor" not in filled
+
+
+def test_icon_jobs_pair_named_variants_as_phosphor_names_them() -> None:
+    # Phosphor: <name> (regular), <name>-light (the outline used), <name>-fill; a pair needs both variants.
+    light = '<path fill="currentColor" d="M1 1h2v2H1z"/>'
+    package = {"icons": _icons({"key": SQUARE, "key-light": light, "key-fill": SQUARE, "cup": SQUARE,
+                                "cup-fill": SQUARE, "bird-light": light, "bird-fill": SQUARE})}
+    jobs, dropped = icon_jobs(package, {"bird"}, outline_suffix="-light", filled_suffix="-fill")
+    assert [(name, concept) for name, concept, *_ in jobs] == [("key", "key")] and dropped == 1
+    assert 'd="M1 1h2v2H1z"' in jobs[0][2] and "#" in jobs[0][3] and "currentColor" not in jobs[0][3]
+
+
+def test_link_icons_moves_an_icon_named_as_one_seen_emoji_into_its_instance(tmp_path: Path) -> None:
+    demo = _demo(tmp_path)  # seen: grinning face (1F600), red heart (2764); unseen: bird (1F426)
+    icons = demo / "styles" / "ph"
+    names = {"red-heart": "heart", "grinning-face": "grinning", "lamp": "lamp", "bird": "bird"}
+    for name, concept in names.items():
+        for modality in ("sketch", "photo"):
+            (icons / modality / concept).mkdir(parents=True, exist_ok=True)
+            Image.new("L", (8, 8), 255).save(icons / modality / concept / f"{name}.png")
+    (demo / "styles" / "noto" / "photo" / "heart").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(demo / "styles" / "noto" / "photo" / "heart" / "red-heart.png")
+    items = style_items(demo, "ph") + style_items(demo, "noto")
+    linked = {(item.source, item.path.stem): (item.instance, item.concept) for item in link_icons(demo, items)}
+    assert linked[("ph-sketch", "red-heart")] == linked[("ph-photo", "red-heart")] == ("emoji:2764", "heart")
+    assert linked[("ph-sketch", "grinning-face")] == ("emoji:1F600", "face-smiling")
+    assert linked[("ph-sketch", "lamp")] == ("emoji:lamp", "lamp")  # no emoji of that name
+    assert linked[("ph-sketch", "bird")] == ("emoji:bird", "bird")  # an unseen emoji is never a target
+    assert linked[("noto-photo", "red-heart")] == ("emoji:red-heart", "heart")  # not an icon style: unchanged
 
 
 def _demo(root: Path) -> Path:
