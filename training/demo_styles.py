@@ -8,6 +8,7 @@ the instance (an emoji's hexcode pairs it with OpenMoji's drawings of that emoji
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +54,7 @@ def link_icons(root: Path, items: Sequence[BankItem]) -> list[BankItem]:
         match = by_slug.get(item.path.stem, []) if item.source in icon_sources else []
         if len(match) == 1:
             hexcode, subgroup = match[0]
-            item = BankItem(item.path, item.modality, f"emoji:{hexcode}", subgroup, item.source)
+            item = dataclasses.replace(item, instance=f"emoji:{hexcode}", concept=subgroup)
         linked.append(item)
     return linked
 
