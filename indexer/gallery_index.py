@@ -16,7 +16,7 @@ from indexer.manifest import INDEX_FILE, MANIFEST_FILE, SKIPPED_FILE, manifest_s
 from indexer.manifest import built_with as manifest_built_with
 from indexer.patch_index import PATCH_INDEX_FILE
 from indexer.records import ImageRecord, RecordTable
-from indexer.token_codec import CODEC_FILE
+from indexer.token_codec import CODEC_FILE, METRIC_FILE
 from indexer.token_store import TokenStore
 
 
@@ -188,8 +188,9 @@ class GalleryIndex:
 
 # What `GalleryIndex` reads whole into memory: the FAISS index (for an on-disk index only its
 # centroids and codebooks: the lists stay in index.ivfdata), the token codec, the patch index (when
-# used) and the manifest. Every other served file is memory-mapped or read per query.
-_LOADED_FILES = (INDEX_FILE, MANIFEST_FILE, CODEC_FILE, PATCH_INDEX_FILE)
+# used) and the manifest. Every other served file is memory-mapped or read per query. A codec with a
+# metric is held twice, once to encode and once with the inverse folded in to decode.
+_LOADED_FILES = (INDEX_FILE, MANIFEST_FILE, CODEC_FILE, METRIC_FILE, PATCH_INDEX_FILE)
 # Kept for writers only: the trained empty index of on-disk adds and the build's skipped list.
 _UNSERVED_FILES = (ondisk.TRAINED_FILE, SKIPPED_FILE)
 
@@ -212,7 +213,7 @@ def footprint(directory: Path) -> Footprint:
         size = path.stat().st_size if path.is_file() else 0
         disk += size
         if path.name in _LOADED_FILES:
-            loaded += size
+            loaded += size * (2 if path.name == CODEC_FILE and (directory / METRIC_FILE).is_file() else 1)
             names.append(path.name)
         elif path.name not in _UNSERVED_FILES:
             mapped += size

@@ -335,6 +335,32 @@ def _token_sample(shards: Sequence[Path], limit: int = token_codec.TRAIN_SAMPLE,
     return np.concatenate([part[rng.random(len(part)) < share] if share < 1.0 else part for part in parts])
 
 
+def _codec_transform(shards: Sequence[Path], model: Any, photos: int = 256) -> np.ndarray | None:
+    """The rq codec's coding space for ``model``: the relation network's sensitivity
+    (``indexer.token_metric``) estimated on up to ``photos`` gallery photos, spread evenly over the
+    shards and over each shard's rows (a gallery is often sorted by class); None for a model without
+    a relation network."""
+    if getattr(model, "family", None) != "zse":
+        return None
+    from indexer import token_metric
+
+    tokens: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
+    per_shard = max(1, -(-photos // max(len(shards), 1)))
+    for chunk in _token_chunks(shards):
+        if len(chunk["tokens"]) == 0:
+            continue
+        rows = np.unique(np.linspace(0, len(chunk["tokens"]) - 1, per_shard).astype(np.int64))
+        tokens.append(np.asarray(chunk["tokens"][rows], dtype=np.float32))
+        if "kept" in chunk:
+            kept.append(np.asarray(chunk["kept"][rows]))
+    if not tokens:
+        return None
+    sample = np.concatenate(tokens)[:photos]
+    sample_kept = np.concatenate(kept)[:photos] if kept else None
+    return token_metric.metric_transform(token_metric.relation_sensitivity(model, sample, sample_kept))
+
+
 def _rq_chunks(codec: Any, chunks: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
     """fp16 shard chunks -> the same chunks with ``tokens`` as the codec's uint8 codes [b, T, C]."""
     for chunk in chunks:
@@ -409,7 +435,8 @@ def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids
     if layout["format"] != "none":
         chunks = _token_chunks(shards)
         if layout["format"] == "rq":
-            codec = token_codec.train(_token_sample(shards), settings.token_bytes)
+            codec = token_codec.train(_token_sample(shards), settings.token_bytes,
+                                      transform=_codec_transform(shards, loaded.model))
             token_codec.save(codec, staging)
             chunks = _rq_chunks(codec, chunks)
         layout["segments"].append(write_segment(staging, layout, len(contents.ids), chunks))

@@ -174,8 +174,10 @@ def link_segments(source: Path, target: Path, layout: Mapping[str, Any]) -> None
                 continue
             link_or_copy(source / name, target / name)
     codec = layout.get("codec")
-    if codec and not (target / codec["file"]).exists():
-        link_or_copy(source / codec["file"], target / codec["file"])
+    for name in (codec["file"], codec.get("metric_file")) if codec else ():
+        # An index built before the metric has no metric file: it decodes without one.
+        if name and (source / name).exists() and not (target / name).exists():
+            link_or_copy(source / name, target / name)
 
 
 class TokenStore:

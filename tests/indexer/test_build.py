@@ -100,12 +100,32 @@ def test_rq_tokens_are_codes_of_the_published_codec_and_add_reuses_it(tmp_path: 
     codes = np.load(out / layout["segments"][0]["tokens"])
     assert codes.shape == (3, 197, 16) and codes.dtype == np.uint8
     codec = faiss.read_index(str(out / "tokens.codec.faiss"))
-    independent = codec.sa_decode(np.ascontiguousarray(codes.reshape(-1, 16))).reshape(3, 197, 96)
+    # The codec codes y = A x, A the relation network's sensitivity metric (symmetric positive
+    # definite): x is its decoding mapped back by A^-1.
+    metric = np.load(out / layout["codec"]["metric_file"])
+    assert metric.shape == (96, 96) and np.allclose(metric, metric.T, atol=1e-5)
+    assert np.linalg.eigvalsh(metric.astype(np.float64)).min() > 0
+    inverse = np.linalg.inv(metric.astype(np.float64))
+
+    def independent_decode(some: np.ndarray) -> np.ndarray:
+        flat = codec.sa_decode(np.ascontiguousarray(some.reshape(-1, 16))).astype(np.float64)
+        return (flat @ inverse.T).reshape(len(some), 197, 96)
+
+    independent = independent_decode(codes)
     with indexer.open(out) as index:
         decoded = index.tokens([0, 1, 2]).numpy()
-    np.testing.assert_array_equal(decoded, independent)  # the store decodes its codes with its codec
+    np.testing.assert_allclose(decoded, independent, atol=1e-4)  # the store decodes with its codec
     error = np.linalg.norm(decoded - tokens, axis=-1).mean() / np.linalg.norm(tokens, axis=-1).mean()
     assert error < 0.3, error
+    metric_bytes = (out / layout["codec"]["metric_file"]).read_bytes()
+    # Serving RAM (`sbir index info`): the codec is held twice (encoder, and decoder with A^-1 folded in).
+    from indexer.gallery_index import footprint
+
+    need = footprint(out)
+    sizes = {name: (out / name).stat().st_size for name in ("index.faiss", "manifest.json", "tokens.codec.faiss",
+                                                             "tokens.codec.metric.npy")}
+    assert need.loaded == sum(sizes.values()) + sizes["tokens.codec.faiss"]
+    assert set(need.loaded_files) == set(sizes)
     new_files = [make_png(gallery / "b" / f"{i}.png", seed=80 + i) for i in range(2)]
     indexer.add(out, gallery, checkpoint, **FAST)
     _, new_tokens = encode_direct(new_files)
@@ -113,10 +133,10 @@ def test_rq_tokens_are_codes_of_the_published_codec_and_add_reuses_it(tmp_path: 
     with indexer.open(out) as index:
         assert len(index) == 5 and len(index.manifest["tokens"]["segments"]) == 2
         added = index.tokens([3, 4]).numpy()
-        np.testing.assert_array_equal(index.tokens([0, 1, 2]).numpy(), independent)
+        np.testing.assert_array_equal(index.tokens([0, 1, 2]).numpy(), decoded)
+    assert (out / layout["codec"]["metric_file"]).read_bytes() == metric_bytes
     new_codes = np.load(out / index.manifest["tokens"]["segments"][1]["tokens"])
-    np.testing.assert_array_equal(added, codec.sa_decode(np.ascontiguousarray(new_codes.reshape(-1, 16)))
-                                  .reshape(2, 197, 96))
+    np.testing.assert_allclose(added, independent_decode(new_codes), atol=1e-4)
     # A codec trained on three photos fits new ones less well; it must still beat decoding to zeros (1.0).
     assert np.linalg.norm(added - new_tokens, axis=-1).mean() / np.linalg.norm(new_tokens, axis=-1).mean() < 1.0
 
