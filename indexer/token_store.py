@@ -17,6 +17,7 @@ never rewrites the tokens already published: the new index directory hard-links 
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
@@ -180,6 +181,38 @@ def link_segments(source: Path, target: Path, layout: Mapping[str, Any]) -> None
             link_or_copy(source / name, target / name)
 
 
+def row_ranges(data_offset: int, row_bytes: int, rows: Iterable[int], page: int = mmap.PAGESIZE
+               ) -> list[tuple[int, int]]:
+    """Page-aligned (start, length) byte ranges of a map that cover ``rows`` of an array whose data
+    begins ``data_offset`` bytes into the map, ``row_bytes`` a row; adjacent or overlapping ranges
+    are merged, in ascending order."""
+    merged: list[list[int]] = []
+    for row in sorted(set(int(r) for r in rows)):
+        begin = data_offset + row * row_bytes
+        start, end = begin - begin % page, begin + row_bytes
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end - start) for start, end in merged]
+
+
+def will_need(array: np.ndarray, rows: np.ndarray) -> None:
+    """Ask the kernel to start reading the pages of ``rows`` of a memory-mapped ``array`` now, all at
+    once, instead of one page fault at a time as they are copied: a shortlist of photos spread over a
+    store larger than the page cache is then one round of concurrent reads. No-op for an array that
+    is not memory-mapped, or where the platform lacks madvise."""
+    handle = getattr(array, "_mmap", None)  # np.memmap keeps the mmap.mmap it views
+    advice = getattr(mmap, "MADV_WILLNEED", None)
+    if handle is None or advice is None or not hasattr(handle, "madvise") or not array.flags.c_contiguous:
+        return
+    # np.memmap maps from the allocation-granularity boundary below the .npy data's offset.
+    data_offset = int(getattr(array, "offset", 0)) % mmap.ALLOCATIONGRANULARITY
+    row_bytes = int(array.strides[0]) if array.ndim else int(array.nbytes)
+    for start, length in row_ranges(data_offset, row_bytes, rows):
+        handle.madvise(advice, start, min(length, len(handle) - start))
+
+
 class TokenStore:
     """Read side: rows of all segments as one `[N, T, D]` table, gathered as float32."""
 
@@ -217,6 +250,7 @@ class TokenStore:
             local = rows[positions] - self._starts[segment]
             # Read in ascending row order (kinder to the page cache), then scatter back.
             order = np.argsort(local, kind="stable")
+            will_need(self._tokens[segment], local)
             picked = self._tokens[segment][local[order]]
             scales = self._scales[segment]
             if self._codec is not None:

@@ -63,3 +63,32 @@ def test_segment_row_count_is_checked(tmp_path: Path) -> None:
     layout = empty_layout("fp16", (2, 3))
     with pytest.raises(ValueError, match="expected 5 rows, got 2"):
         write_segment(tmp_path, layout, 5, [encode_tokens(np.zeros((2, 2, 3)), "fp16")])
+
+
+@pytest.mark.parametrize(("offset", "row_bytes"), [(128, 6304), (4096 + 80, 100), (0, 37824)])
+def test_read_ahead_ranges_cover_exactly_the_pages_of_the_rows_asked(offset: int, row_bytes: int) -> None:
+    from indexer.token_store import row_ranges
+
+    rows = [7, 3, 8, 3, 400, 0]
+    ranges = row_ranges(offset, row_bytes, rows, page=4096)
+    covered = set()
+    for start, length in ranges:
+        assert start % 4096 == 0 and length > 0
+        covered.update(range(start, start + length))
+    wanted = {byte for row in set(rows) for byte in range(offset + row * row_bytes, offset + (row + 1) * row_bytes)}
+    assert wanted <= covered
+    # Nothing beyond the pages that hold asked rows: each covered byte shares a page with a wanted one.
+    assert {byte // 4096 for byte in covered} == {byte // 4096 for byte in wanted}
+    assert all(a[0] + a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # merged, ascending
+
+
+def test_read_ahead_on_a_memory_mapped_store_changes_no_value(tmp_path: Path) -> None:
+    from indexer.token_store import will_need
+
+    values = np.random.default_rng(0).standard_normal((50, 197, 8)).astype(np.float16)
+    np.save(tmp_path / "t.npy", values)
+    mapped = np.load(tmp_path / "t.npy", mmap_mode="r")
+    rows = np.array([49, 2, 17, 2])
+    will_need(mapped, rows)
+    will_need(values, rows)  # not mapped: nothing to do
+    np.testing.assert_array_equal(mapped[rows], values[rows])
