@@ -32,7 +32,7 @@ def relation_sensitivity(model: Any, tokens: np.ndarray, kept: np.ndarray | None
     with token selection): each of ``queries`` photos in the sketch's place against ``photos`` others.
 
     ``model`` is a ZSE model with a relation network (``model.relation``); gradients are taken in
-    float32 on the CPU, the model's weights unchanged.
+    float32 on the model's device (the same code on CUDA and on the CPU), the weights unchanged.
     """
     import torch
 
@@ -43,8 +43,10 @@ def relation_sensitivity(model: Any, tokens: np.ndarray, kept: np.ndarray | None
     chosen = rng.choice(count, min(queries, count), replace=False)
     total = torch.zeros(dim, dim, dtype=torch.float64)
 
+    device = next(model.parameters()).device
+
     def rows_of(source: np.ndarray, rows: Any) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(source[rows]))
+        return torch.from_numpy(np.ascontiguousarray(source[rows])).to(device)
     was_training = model.training
     model.eval()
     try:
@@ -58,7 +60,7 @@ def relation_sensitivity(model: Any, tokens: np.ndarray, kept: np.ndarray | None
                                     None if sketch_kept is None else sketch_kept.expand(len(others), -1),
                                     photo_kept)
             (gradient,) = torch.autograd.grad(scores.sum(), photo)  # [P, T', D]: one pair per photo
-            flat = gradient.reshape(-1, dim).double()
+            flat = gradient.reshape(-1, dim).double().cpu()
             total += flat.T @ flat
     finally:
         model.train(was_training)
