@@ -109,9 +109,9 @@ def large_part(preset: str, budgets: Sequence[int], photos: int) -> dict[str, An
     tokens, _ = token_pool(model, photos)  # [photos, T, D] float32
     flat = tokens.reshape(-1, tokens.shape[-1])
     norm = float(np.linalg.norm(flat, axis=1).mean())
-    # The build's coding space (indexer.pipeline._codec_transform): sensitivity of the relation score.
+    # The build's coding space: the relation score's sensitivity.
     started = time.perf_counter()
-    transform = token_metric.metric_transform(token_metric.relation_sensitivity(model, tokens))
+    transform = token_metric.coding_transform(model, tokens)
     metric_s = time.perf_counter() - started
     rows = []
     for budget in budgets:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer import faiss_index, ondisk, token_codec
+from indexer import faiss_index, ondisk, token_codec, token_metric
 from indexer.embedding import (
     EmbedSettings,
     default_workers,
@@ -325,40 +325,36 @@ def _token_chunks(shards: Sequence[Path]) -> Iterator[dict[str, np.ndarray]]:
                 yield {name: shard[name] for name in ("tokens", "scales", "kept") if name in shard.files}
 
 
-def _token_sample(shards: Sequence[Path], limit: int = token_codec.TRAIN_SAMPLE, seed: int = 0) -> np.ndarray:
-    """Up to ``limit`` token vectors [n, D] float32, drawn evenly from every shard, to train a codec."""
-    parts = [np.asarray(chunk["tokens"], dtype=np.float32).reshape(-1, chunk["tokens"].shape[-1])
-             for chunk in _token_chunks(shards)]
+def _codec_samples(shards: Sequence[Path], limit: int = token_codec.TRAIN_SAMPLE, photos: int = 256,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """What an rq codec is trained from, in one pass over the shards:
+
+    - up to ``limit`` token vectors [n, D] float32, drawn evenly from every shard (the codebooks);
+    - up to ``photos`` photos' tokens [P, T', D] float32 and kept positions [P, n] (or None), spread
+      evenly over the shards and over each shard's rows, since a gallery is often sorted by class
+      (the relation sensitivity, ``indexer.token_metric``); None when no shard has a photo.
+    """
+    parts: list[np.ndarray] = []
+    picked: list[np.ndarray] = []
+    picked_kept: list[np.ndarray] = []
+    per_shard = max(1, -(-photos // max(len(shards), 1)))
+    for chunk in _token_chunks(shards):
+        tokens = np.asarray(chunk["tokens"], dtype=np.float32)
+        parts.append(tokens.reshape(-1, tokens.shape[-1]))
+        if len(tokens) == 0:
+            continue
+        rows = np.unique(np.linspace(0, len(tokens) - 1, per_shard).astype(np.int64))
+        picked.append(tokens[rows])
+        if "kept" in chunk:
+            picked_kept.append(np.asarray(chunk["kept"][rows]))
     total = sum(len(part) for part in parts)
     rng = np.random.default_rng(seed)
     share = min(1.0, limit / max(total, 1))
-    return np.concatenate([part[rng.random(len(part)) < share] if share < 1.0 else part for part in parts])
-
-
-def _codec_transform(shards: Sequence[Path], model: Any, photos: int = 256) -> np.ndarray | None:
-    """The rq codec's coding space for ``model``: the relation network's sensitivity
-    (``indexer.token_metric``) estimated on up to ``photos`` gallery photos, spread evenly over the
-    shards and over each shard's rows (a gallery is often sorted by class); None for a model without
-    a relation network."""
-    if getattr(model, "family", None) != "zse":
-        return None
-    from indexer import token_metric
-
-    tokens: list[np.ndarray] = []
-    kept: list[np.ndarray] = []
-    per_shard = max(1, -(-photos // max(len(shards), 1)))
-    for chunk in _token_chunks(shards):
-        if len(chunk["tokens"]) == 0:
-            continue
-        rows = np.unique(np.linspace(0, len(chunk["tokens"]) - 1, per_shard).astype(np.int64))
-        tokens.append(np.asarray(chunk["tokens"][rows], dtype=np.float32))
-        if "kept" in chunk:
-            kept.append(np.asarray(chunk["kept"][rows]))
-    if not tokens:
-        return None
-    sample = np.concatenate(tokens)[:photos]
-    sample_kept = np.concatenate(kept)[:photos] if kept else None
-    return token_metric.metric_transform(token_metric.relation_sensitivity(model, sample, sample_kept))
+    vectors = np.concatenate([part[rng.random(len(part)) < share] if share < 1.0 else part for part in parts])
+    if not picked:
+        return vectors, None, None
+    return (vectors, np.concatenate(picked)[:photos],
+            np.concatenate(picked_kept)[:photos] if picked_kept else None)
 
 
 def _rq_chunks(codec: Any, chunks: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
@@ -435,8 +431,9 @@ def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids
     if layout["format"] != "none":
         chunks = _token_chunks(shards)
         if layout["format"] == "rq":
-            codec = token_codec.train(_token_sample(shards), settings.token_bytes,
-                                      transform=_codec_transform(shards, loaded.model))
+            vectors, photos, kept = _codec_samples(shards)
+            transform = None if photos is None else token_metric.coding_transform(loaded.model, photos, kept)
+            codec = token_codec.train(vectors, settings.token_bytes, transform=transform)
             token_codec.save(codec, staging)
             chunks = _rq_chunks(codec, chunks)
         layout["segments"].append(write_segment(staging, layout, len(contents.ids), chunks))

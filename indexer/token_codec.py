@@ -70,8 +70,12 @@ class TokenCodec:
     def d(self) -> int:
         return int(self.encoder.d)
 
-    def sa_code_size(self) -> int:
-        return int(self.encoder.sa_code_size())
+
+def _checked_transform(transform: Any, dim: int) -> np.ndarray:
+    """``transform`` as a contiguous float32 [dim, dim] array; CodecError for another shape."""
+    if np.shape(transform) != (dim, dim):
+        raise CodecError(f"codec transform has shape {np.shape(transform)}, the tokens have width {dim}")
+    return np.ascontiguousarray(transform, dtype=np.float32)
 
 
 def _with_transform(encoder: Any, transform: np.ndarray | None) -> TokenCodec:
@@ -79,9 +83,7 @@ def _with_transform(encoder: Any, transform: np.ndarray | None) -> TokenCodec:
         return TokenCodec(encoder, None, encoder)
     import faiss
 
-    transform = np.ascontiguousarray(transform, dtype=np.float32)
-    if transform.shape != (encoder.d, encoder.d):
-        raise CodecError(f"codec transform has shape {transform.shape}, the tokens have width {encoder.d}")
+    transform = _checked_transform(transform, encoder.d)
     inverse = np.linalg.inv(transform.astype(np.float64)).astype(np.float32)
     decoder = faiss.deserialize_index(faiss.serialize_index(encoder))
     ivf: Any = faiss.downcast_index(decoder)
@@ -109,9 +111,8 @@ def train(sample: np.ndarray, token_bytes: int, seed: int = 0, transform: np.nda
         sample = sample[np.random.default_rng(seed).choice(count, TRAIN_SAMPLE, replace=False)]
     entry = describe(token_bytes)
     if transform is not None:
-        if np.shape(transform) != (dim, dim):
-            raise CodecError(f"codec transform has shape {np.shape(transform)}, the tokens have width {dim}")
-        sample = np.ascontiguousarray(sample @ np.asarray(transform, dtype=np.float32).T)
+        transform = _checked_transform(transform, dim)
+        sample = np.ascontiguousarray(sample @ transform.T)
     lists = COARSE_CENTROIDS if len(sample) >= 4 * COARSE_CENTROIDS else max(1, len(sample) // 4)
     codec: Any = faiss.index_factory(dim, entry["factory"].replace(f"IVF{COARSE_CENTROIDS},", f"IVF{lists},"))
     codec.cp.seed = seed

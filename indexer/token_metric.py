@@ -76,3 +76,11 @@ def metric_transform(sensitivity: np.ndarray, ridge: float = RIDGE) -> np.ndarra
         raise ValueError(f"ridge must be positive, not {ridge}")
     values, vectors = np.linalg.eigh(np.asarray(sensitivity, dtype=np.float64) + ridge * np.eye(len(sensitivity)))
     return (vectors * np.sqrt(np.clip(values, ridge, None))) @ vectors.T
+
+
+def coding_transform(model: Any, tokens: np.ndarray, kept: np.ndarray | None = None) -> np.ndarray | None:
+    """The space the rq codec codes ``model``'s photo tokens [G, T', D] in: ``metric_transform`` of
+    their ``relation_sensitivity``; None for a model without a relation network (AMFF)."""
+    if getattr(model, "family", None) != "zse":
+        return None
+    return metric_transform(relation_sensitivity(model, tokens, kept))
