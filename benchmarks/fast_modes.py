@@ -37,6 +37,19 @@ from benchmarks._report import finish, header, percentiles_ms, set_threads
 DEFAULT_MODES = "fp32,bf16,int8,bf16+cascade20,int8+cascade20"
 
 
+def _large_config(preset: str, modes: Sequence[str]) -> Any:
+    """The random-weight model's config: with a pre-scorer when a prescore mode is measured (its
+    cost does not depend on its weights either)."""
+    import dataclasses
+
+    from models.config import ZSE_PRESETS
+    from models.rerank_mode import RerankMode
+
+    config = ZSE_PRESETS[preset]
+    wants = any(RerankMode.parse(mode).prescore for mode in modes)
+    return dataclasses.replace(config, prescorer=True) if wants else config
+
+
 def _reranking(model: Any, mode: str) -> Any:
     from models.rerank_mode import Reranking, RerankMode
 
@@ -232,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = models.load(args.checkpoint, "cpu")
     report["checkpoint_sha256"] = demo.sha256
     torch.manual_seed(0)
-    large = models.build_model(args.large).eval() if args.large else None
+    large = models.build_model(_large_config(args.large, modes)).eval() if args.large else None
     if "pairs" in parts:
         for model in (demo.model, large):
             if model is not None:

@@ -150,23 +150,57 @@ def relation_scores(
     sketch side once per query; each batch's photo tokens are read (and dequantised) from the
     gallery only when that batch is scored. ``reranking`` picks the precision
     (``models.rerank_mode``); with a cascade of M, the M best photos of the fast scores are scored
-    again exactly, and the others' fast scores are lowered by one common offset where needed so that
-    none ranks above an exactly scored one (their order among themselves is kept).
+    again exactly; with a prescore stage of M, every photo is pre-scored (``models.prescore``) and
+    the M best of that order get relation scores. Either way the others' first-stage scores are
+    lowered by one common offset where needed so that none ranks above a rescored one (their order
+    among themselves is kept).
     """
     mode = reranking.mode
+    if mode.prescore and len(ids):
+        return _prescored(model, gallery, sketch_tokens, ids, batch_size, device, amp, reranking)
     scores = _scores(model, gallery, sketch_tokens, ids, batch_size, device, amp, reranking)
     if not mode.cascade or len(ids) == 0:
         return scores
     top = np.argsort(-scores, kind="stable")[: mode.cascade]
     exact = _scores(model, gallery, sketch_tokens, np.asarray(ids)[top], batch_size, device, amp, EXACT)
-    rest = np.ones(len(ids), dtype=bool)
+    return _rescored(scores, top, exact)
+
+
+def _rescored(first: np.ndarray, top: np.ndarray, rescored: np.ndarray) -> np.ndarray:
+    """First-stage scores [P] with positions ``top`` replaced by their second-stage scores, the rest
+    lowered by one common offset (only if needed) to rank below every rescored photo."""
+    scores = first.astype(np.float32, copy=True)
+    rest = np.ones(len(scores), dtype=bool)
     rest[top] = False
     if rest.any():
-        excess = float(scores[rest].max()) - float(exact.min())
+        excess = float(scores[rest].max()) - float(rescored.min())
         if excess >= 0:
             scores[rest] -= np.float32(excess) + np.float32(1e-6)
-    scores[top] = exact
+    scores[top] = rescored
     return scores
+
+
+def _prescored(model: Any, gallery: Any, sketch_tokens: Tokens, ids: Sequence[int] | np.ndarray, batch_size: int,
+               device: torch.device, amp: bool, reranking: Reranking) -> np.ndarray:
+    """The prescore stage: every photo pre-scored, the best ``prescore`` of them relation-scored in the
+    mode's precision, from one read of the shortlist's tokens."""
+    from models.prescore import prescores
+
+    sketch = sketch_tokens.to(device)
+    photos = photo_tokens(model, gallery, ids, device)
+    with torch.inference_mode(), autocast(device, reranking.mode.autocast_dtype(device, amp)):
+        first = np.concatenate([
+            prescores(model, sketch.tokens, sketch.kept, photos.tokens[start:start + batch_size],
+                      None if photos.kept is None else photos.kept[start:start + batch_size]).cpu().numpy()
+            for start in range(0, len(ids), batch_size)])
+        top = np.argsort(-first, kind="stable")[: reranking.mode.prescore]
+        chosen = torch.as_tensor(top, dtype=torch.long, device=photos.tokens.device)
+        scorer = model.relation_scorer(sketch.tokens, sketch.kept, reranking.int8)
+        rescored = np.concatenate([
+            scorer.score(photos.tokens[chosen[start:start + batch_size]],
+                         None if photos.kept is None else photos.kept[chosen[start:start + batch_size]])
+            .float().cpu().numpy() for start in range(0, len(top), batch_size)])
+    return _rescored(first, top, rescored)
 
 
 def _scores(model: Any, gallery: Any, sketch_tokens: Tokens, ids: Sequence[int] | np.ndarray, batch_size: int,

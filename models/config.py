@@ -45,6 +45,9 @@ class ZSEConfig(ConfigDict):
     cross_form: CrossAttentionForm = "reference"
     kernel_dim: int = 512
     relation_hidden: int = 343
+    # A pre-scorer (models.prescore) beside the relation head: the cheap first stage of the
+    # prescoreM re-rank modes. Off in the paper's model and in reference checkpoints.
+    prescorer: bool = False
     # Initialise the self-attention part from a timm ViT of the same size: `pretrained` is the timm
     # name (e.g. "vit_base_patch16_224.augreg_in21k_ft_in1k"), `pretrained_file` a local weights file
     # for it. Without a file timm would download, which only works where the network is reachable.

@@ -8,8 +8,13 @@ ranking for speed (benchmarks/RESULTS.md, "fast modes", has each mode's speed an
 - ``int8``: the large products as int8 (``models.int8``), the rest in float32.
 - ``cascade = M`` with a fast precision: every shortlisted photo is scored in that precision, then the
   top M of that order are scored again exactly, so the first M results are in exact order.
+- ``prescore = M``: every shortlisted photo is pre-scored by the checkpoint's pre-scorer
+  (``models.prescore``: no cross-attention, a few percent of a relation score's cost), and only the
+  best M of that order get a relation score, in the mode's precision; the others follow them in
+  pre-score order. Needs a checkpoint with a pre-scorer (``sbir demo prescore``).
 
-A mode is written ``fp32``, ``bf16``, ``int8``, ``bf16+cascade20`` or ``int8+cascade20``.
+A mode is written ``fp32``, ``bf16``, ``int8``, ``bf16+cascade20``, ``int8+cascade20``,
+``prescore30`` (= ``fp32+prescore30``) or ``bf16+prescore50``.
 """
 
 from __future__ import annotations
@@ -28,18 +33,24 @@ class RerankMode:
 
     precision: Precision = "fp32"
     cascade: int = 0
+    prescore: int = 0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"re-rank precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.cascade < 0:
             raise ValueError(f"re-rank cascade must be 0 or more photos, not {self.cascade}")
+        if self.prescore < 0:
+            raise ValueError(f"re-rank prescore must be 0 or more photos, not {self.prescore}")
         if self.cascade and self.precision == "fp32":
             raise ValueError("a re-rank cascade needs a fast precision (bf16 or int8): fp32 is exact already")
+        if self.cascade and self.prescore:
+            raise ValueError("a re-rank mode takes a cascade or a prescore stage, not both")
 
     @property
     def exact(self) -> bool:
-        return self.precision == "fp32"
+        """Every shortlisted photo gets an exact relation score."""
+        return self.precision == "fp32" and not self.prescore
 
     def autocast_dtype(self, device: Any, amp: bool) -> Any:
         """The autocast dtype of this mode's forward passes: bfloat16 for bf16, else the device's
@@ -52,20 +63,26 @@ class RerankMode:
 
     @property
     def label(self) -> str:
-        return self.precision + (f"+cascade{self.cascade}" if self.cascade else "")
+        stage = f"+cascade{self.cascade}" if self.cascade else f"+prescore{self.prescore}" if self.prescore else ""
+        return self.precision + stage
 
     @classmethod
     def parse(cls, text: str) -> RerankMode:
-        """``fp32`` | ``exact`` | ``bf16`` | ``int8``, optionally ``+cascadeM``; ValueError otherwise."""
-        name, _, cascade = text.strip().lower().partition("+")
+        """``fp32`` | ``exact`` | ``bf16`` | ``int8``, optionally ``+cascadeM`` or ``+prescoreM``; a bare
+        ``prescoreM`` is ``fp32+prescoreM``. ValueError otherwise."""
+        name, _, stage = text.strip().lower().partition("+")
+        if name.startswith("prescore") and not stage:
+            name, stage = "fp32", name
         precision = "fp32" if name == "exact" else name
-        if cascade and not cascade.startswith("cascade"):
-            raise ValueError(f"re-rank mode {text!r}: write PRECISION or PRECISION+cascadeM, e.g. bf16+cascade20")
+        kind = next((kind for kind in ("cascade", "prescore") if stage.startswith(kind)), None)
+        if stage and kind is None:
+            raise ValueError(f"re-rank mode {text!r}: write PRECISION, PRECISION+cascadeM or PRECISION+prescoreM, "
+                             "e.g. bf16+cascade20")
         try:
-            count = int(cascade.removeprefix("cascade")) if cascade else 0
+            count = int(stage.removeprefix(kind)) if kind else 0
         except ValueError:
-            raise ValueError(f"re-rank mode {text!r}: the cascade size must be a whole number") from None
-        return cls(cast(Precision, precision), count)
+            raise ValueError(f"re-rank mode {text!r}: the {kind} size must be a whole number") from None
+        return cls(cast(Precision, precision), count if kind == "cascade" else 0, count if kind == "prescore" else 0)
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,11 @@ class Reranking:
 
     @classmethod
     def prepare(cls, model: Any, mode: RerankMode) -> Reranking:
-        """Quantise what ``mode`` needs of ``model`` (models without a relation network need nothing)."""
+        """Quantise what ``mode`` needs of ``model`` (models without a relation network need nothing).
+        A prescore mode with a model that has no pre-scorer is a ValueError that names the mode."""
+        if mode.prescore and getattr(model, "has_relation", False) and getattr(model, "prescorer", None) is None:
+            raise ValueError(f"re-rank mode {mode.label}: the checkpoint has no pre-scorer (train one with "
+                             "`sbir demo prescore`, or use a mode without +prescore)")
         if mode.precision != "int8" or not getattr(model, "has_relation", False):
             return cls(mode)
         from models.int8 import int8_relation

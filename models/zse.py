@@ -24,6 +24,7 @@ from torch import nn
 
 from models.config import ZSEConfig
 from models.cross_attention import CrossAttention
+from models.prescore import PreScorer
 from models.relation import RelationNetwork, cosine_kernel
 from models.types import Encoded
 
@@ -188,6 +189,8 @@ class ZSEModel(nn.Module):
         self.cross = CrossAttention(config)
         self.downsample = nn.Conv2d(config.embed_dim, config.kernel_dim, kernel_size=2, stride=2)
         self.relation_head = RelationNetwork(config.num_anchors, config.relation_hidden, config.dropout)
+        self.prescorer = (PreScorer(config.num_anchors, config.relation_hidden, config.dropout)
+                          if config.prescorer else None)
 
     @property
     def embed_dim(self) -> int:

@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the model runs: auto (CUDA when available), cpu or cuda")
     parser.add_argument("--rerank-mode", default="fp32", metavar="MODE",
-                        help="fp32 (exact, default), bf16, int8, bf16+cascadeM or int8+cascadeM "
+                        help="fp32 (exact, default), bf16, int8, bf16+cascadeM, int8+cascadeM, prescoreM or bf16+prescoreM "
                              "(as SBIR_RERANK_MODE; docs/service.md)")
     parser.add_argument("--ann-weight", type=float, default=0.0, metavar="W",
                         help="order re-ranked results by relation + W x [Ret] cosine (as SBIR_ANN_WEIGHT; "

@@ -23,7 +23,8 @@ SETTINGS_HELP = (
     "  limits            SBIR_MAX_UPLOAD_BYTES, SBIR_MAX_PIXELS, SBIR_K_MAX, SBIR_SHORTLIST_MAX, SBIR_THUMBNAIL_MAX\n"
     "  engine and jobs   SBIR_DEVICE, SBIR_RERANK_BATCH_SIZE, SBIR_QUERY_CACHE_SIZE, SBIR_MAX_CONCURRENT_JOBS,\n"
     "                    SBIR_AUTOCAST, SBIR_TORCH_THREADS\n"
-    "  re-ranking speed  SBIR_RERANK_MODE (fp32 exact; bf16, int8, bf16+cascadeM, int8+cascadeM)\n"
+    "  re-ranking speed  SBIR_RERANK_MODE (fp32 exact; bf16, int8, bf16+cascadeM, int8+cascadeM,\n"
+    "                    prescoreM, bf16+prescoreM)\n"
     "  ranking           SBIR_ANN_WEIGHT (order by relation + W x [Ret] cosine; 0 = relation alone)\n"
     "Each is described in docs/service.md. Start-up logs one line saying which of these are on."
 )

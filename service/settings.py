@@ -79,9 +79,11 @@ class Settings(BaseSettings):
     # Speed (see benchmarks/RESULTS.md for what each is measured to buy).
     autocast: bool = Field(True, description="float16 autocast for sketch embedding and re-ranking on CUDA; "
                                              "no effect on the CPU")
-    rerank_mode: str = Field("fp32", description="relation re-ranking: fp32 (exact), bf16, int8, or bf16+cascadeM / "
-                                                 "int8+cascadeM (the top M rescored exactly); speed and agreement of "
-                                                 "each in benchmarks/RESULTS.md")
+    rerank_mode: str = Field("fp32", description="relation re-ranking: fp32 (exact), bf16, int8, bf16+cascadeM / "
+                                                 "int8+cascadeM (the top M rescored exactly), or prescoreM / "
+                                                 "bf16+prescoreM (only the pre-scorer's top M relation-scored; needs a "
+                                                 "checkpoint with a pre-scorer); speed and agreement of each in "
+                                                 "benchmarks/RESULTS.md")
     ann_weight: float = Field(0.0, ge=0.0, le=100.0,
                               description="re-ranked results are ordered by relation + ann_weight x [Ret] cosine; "
                                           "0 = the paper's rule (relation alone); the demo serves with 1 "

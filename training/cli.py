@@ -66,7 +66,8 @@ def register(subparsers: Any) -> None:
     )
     evaluate.add_argument(
         "--rerank-mode", default="fp32", metavar="MODE",
-        help="relation scores: fp32 (exact), bf16, int8, bf16+cascadeM, int8+cascadeM (default: fp32)",
+        help="relation scores: fp32 (exact), bf16, int8, bf16+cascadeM, int8+cascadeM, prescoreM, bf16+prescoreM "
+             "(default: fp32)",
     )
     evaluate.add_argument(
         "--ann-weight", type=float, default=0.0, metavar="W",

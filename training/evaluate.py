@@ -464,7 +464,7 @@ def evaluate(
         retrieval: ``ret``, ``rn`` or ``two-stage`` (see the module docstring).
         shortlist: K of the two-stage path (clamped to the gallery size).
         rerank_mode: how relation scores are computed (``models.rerank_mode``: fp32, bf16, int8,
-            bf16+cascadeM, ...), as the server's ``SBIR_RERANK_MODE``.
+            bf16+cascadeM, prescoreM, ...), as the server's ``SBIR_RERANK_MODE``.
         ann_weight: rn / two-stage rank by relation + ann_weight * [Ret] cosine
             (``indexer.retrieval.ranking_scores``), as the server's ``SBIR_ANN_WEIGHT``; 0 is the paper's rule.
         unseen: generic / openmoji-demo: the unseen classes (a list, a file with one name a line, or a

@@ -169,6 +169,23 @@ def test_fast_modes_compares_every_mode_with_the_reference_way_of_scoring(tmp_pa
                                         abs=0.01)
 
 
+def test_fast_modes_measures_prescore_modes_on_both_models(tmp_path: Path, checkpoint: Path) -> None:
+    import models
+    from benchmarks import fast_modes
+    from training.prescore import with_prescorer
+
+    grown = models.save_checkpoint(with_prescorer(models.load(checkpoint, "cpu").model), tmp_path / "grown.pt")
+    out = tmp_path / "fast_modes.json"
+    argv = ["--checkpoint", str(grown), "--parts", "pairs", "--large", "zse-tiny", "--pairs", "8", "--chunks", "4",
+            "--rounds", "1", "--modes", "fp32,prescore3,prescore8", "--out", str(out)]
+    assert fast_modes.main(argv) == 0
+    for result in read(out)["pairs"].values():  # the checkpoint's model, and the random-weight one grown for it
+        rows = {row["mode"]: row for row in result["results"]}
+        assert set(rows) == {"reference", "fp32", "prescore3", "prescore8"}
+        assert rows["prescore8"]["max_abs_diff_vs_fp32"] < 1e-5  # M = K: every photo scored exactly
+        assert rows["prescore3"]["max_abs_diff_vs_fp32"] > 1e-4  # 5 of 8 keep their pre-scores
+
+
 def test_token_codec_reports_bytes_and_errors_at_a_models_width(tmp_path: Path) -> None:
     from benchmarks import token_codec
 

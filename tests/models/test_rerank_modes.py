@@ -46,7 +46,8 @@ def test_int8_linear_error_is_bounded_by_the_rounding_of_both_sides() -> None:
 
 
 @pytest.mark.parametrize(("text", "label"), [("fp32", "fp32"), ("exact", "fp32"), ("BF16", "bf16"),
-                                             ("int8+cascade20", "int8+cascade20"), (" bf16+cascade5 ", "bf16+cascade5")])
+                                             ("int8+cascade20", "int8+cascade20"), (" bf16+cascade5 ", "bf16+cascade5"),
+                                             ("prescore30", "fp32+prescore30"), ("bf16+Prescore5", "bf16+prescore5")])
 def test_modes_parse_to_their_labels(text: str, label: str) -> None:
     assert RerankMode.parse(text).label == label
 
@@ -54,10 +55,17 @@ def test_modes_parse_to_their_labels(text: str, label: str) -> None:
 @pytest.mark.parametrize(("text", "message"), [("fp16", "must be one of fp32, bf16, int8"),
                                                ("fp32+cascade10", "needs a fast precision"),
                                                ("int8+cascadeX", "whole number"), ("int8+top10", "PRECISION+cascadeM"),
-                                               ("bf16+cascade-1", "0 or more")])
+                                               ("bf16+cascade-1", "0 or more"), ("prescoreX", "prescore size must be"),
+                                               ("int8+prescore-2", "0 or more"), ("bf16+cascade4+prescore2", "whole number")])
 def test_bad_modes_are_one_line_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         RerankMode.parse(text)
+
+
+def test_a_mode_takes_one_second_stage_and_only_prescore_modes_skip_exact_scores() -> None:
+    with pytest.raises(ValueError, match="a cascade or a prescore stage, not both"):
+        RerankMode("bf16", cascade=4, prescore=2)
+    assert RerankMode().exact and not RerankMode("fp32", prescore=30).exact and not RerankMode("bf16").exact
 
 
 @pytest.fixture(scope="module")
