@@ -95,9 +95,12 @@ class Reranking:
     @classmethod
     def prepare(cls, model: Any, mode: RerankMode) -> Reranking:
         """Quantise what ``mode`` needs of ``model`` (models without a relation network need nothing).
-        A prescore mode with a model that has no pre-scorer is a ValueError that names the mode."""
+        A prescore mode with a model that has no pre-scorer is a ``CheckpointError`` (a ValueError) that
+        names the mode."""
         if mode.prescore and getattr(model, "has_relation", False) and getattr(model, "prescorer", None) is None:
-            raise ValueError(f"re-rank mode {mode.label}: the checkpoint has no pre-scorer (train one with "
+            from models.types import CheckpointError
+
+            raise CheckpointError(f"re-rank mode {mode.label}: the checkpoint has no pre-scorer (train one with "
                              "`sbir demo prescore`, or use a mode without +prescore)")
         if mode.precision != "int8" or not getattr(model, "has_relation", False):
             return cls(mode)

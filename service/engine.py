@@ -173,12 +173,16 @@ class SearchEngine:
         import models
         from models.device import configure_threads
         from models.rerank_mode import Reranking, RerankMode
+        from models.types import CheckpointError
 
         started = time.perf_counter()
         threads = configure_threads(self.settings.torch_threads)
         loaded = models.load(checkpoint, self.settings.device)
         device = loaded.device
-        reranking = Reranking.prepare(loaded.model, RerankMode.parse(self.settings.rerank_mode))
+        try:
+            reranking = Reranking.prepare(loaded.model, RerankMode.parse(self.settings.rerank_mode))
+        except CheckpointError as error:  # the mode asks for a part this checkpoint lacks
+            raise CheckpointError(f"{checkpoint}: {error}") from None
         with self._state_lock:
             self._model = loaded
             self._reranking = reranking

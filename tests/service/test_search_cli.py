@@ -53,6 +53,8 @@ def test_errors_are_one_line_with_exit_status_2(workspace, tmp_path, capsys):
         (["search", str(blank), "--index", str(workspace.index_dir)], "the sketch is blank"),
         (["search", str(sketch), "--index", str(workspace.index_dir), "--rerank-mode", "fp16"],
          "--rerank-mode: re-rank precision must be one of fp32, bf16, int8"),
+        (["search", str(sketch), "--index", str(workspace.index_dir), "--rerank-mode", "prescore30"],
+         f"{workspace.checkpoint}: re-rank mode fp32+prescore30: the checkpoint has no pre-scorer"),
     ]
     for argv, expected in cases:
         assert main([*argv, "--device", "cpu"]) == 2, argv
