@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 
@@ -109,55 +108,23 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _prescore(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
-    import torch
-
-    import models
     from models.errors import CliError
-    from training.demo_bank import build_bank, openmoji_items
-    from training.demo_styles import evaluation_banks
-    from training.demo_train import encode_images, encode_sketches
-    from training.prescore import DistillSettings, distill, relation_targets, top_recall, with_prescorer
+    from training.prescore import DistillSettings, distill_demo
 
     if args.shortlist < 10 or args.steps < 1:
         raise CliError(f"--shortlist must be at least 10 and --steps at least 1, got {args.shortlist} and {args.steps}")
-    loaded = models.load(args.checkpoint, "cpu")
-    if not getattr(loaded.model, "has_relation", False):
-        raise CliError(f"{args.checkpoint}: a {loaded.family} checkpoint has no relation network to distil")
     try:
-        seen = build_bank([item for item in openmoji_items(args.data, "seen") if item.modality == "sketch"])
-        queries, gallery = evaluation_banks(args.data)
+        held_out = distill_demo(Path(args.checkpoint), Path(args.data), Path(args.out), args.shortlist,
+                                DistillSettings(steps=args.steps, seed=args.seed),
+                                log=lambda line: print(line, flush=True))
     except FileNotFoundError as error:
         missing = error.filename or str(error)
         raise CliError(f"{missing}: not found (run `sbir demo prepare --out {args.data}` first)") from None
-    model = with_prescorer(loaded.model)
-    cpu = torch.device("cpu")
-    photo_ret, photo_tokens = encode_images(model, gallery.photos, "photo", cpu, False, keep_tokens=True)
-    assert photo_tokens is not None
-    sets = {}
-    for name, bank in (("seen", seen), ("unseen", queries)):
-        sketch_ret, sketch_tokens = encode_sketches(model, bank.sketches, cpu, False)
-        shortlists = (sketch_ret @ photo_ret.T).topk(min(args.shortlist, len(photo_ret)), dim=1).indices
-        started = time.perf_counter()
-        targets = relation_targets(model, sketch_tokens, photo_tokens, shortlists)
-        print(f"{name}: {len(shortlists)} drawings x {shortlists.shape[1]} relation scores "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
-        sets[name] = (sketch_tokens, shortlists, targets)
-    sketch_tokens, shortlists, targets = sets["seen"]
-    settings = DistillSettings(steps=args.steps, seed=args.seed)
-    distill(model, sketch_tokens, photo_tokens, shortlists, targets, settings, log=lambda line: print(line, flush=True))
-    from models.prescore import prescores
-
-    held_out = {}
-    sketch_tokens, shortlists, targets = sets["unseen"]
-    with torch.no_grad():
-        predicted = torch.stack([prescores(model, sketch_tokens[row:row + 1], None, photo_tokens[shortlists[row]])
-                                 for row in range(len(shortlists))])
-    for keep in (20, 30, 50):
-        held_out[f"top10_recall_at_{keep}"] = round(top_recall(predicted, targets, keep), 4)
-    out = models.save_checkpoint(model, Path(args.out), dtype=torch.float16)
-    print(f"unseen drawings, share of the exact top 10 in the pre-score top M: {json.dumps(held_out)}")
-    print(f"wrote {out} (pre-scorer distilled from {loaded.path}, sha256 {loaded.sha256[:12]}...)")
+    except ValueError as error:  # not a ZSE checkpoint
+        raise CliError(str(error)) from None
+    shares = ", ".join(f"{share:.3f} at M = {keep}" for keep, share in held_out.items())
+    print(f"unseen drawings, share of the exact top 10 inside the pre-score top M: {shares}")
+    print(f"wrote {args.out}")
     return 0

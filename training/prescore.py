@@ -16,6 +16,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -128,3 +129,48 @@ def top_recall(prescores: torch.Tensor, targets: torch.Tensor, keep: int, top: i
     best = targets.topk(min(top, targets.shape[1]), dim=1).indices
     hits = (kept[:, :, None] == best[:, None, :]).any(dim=1).float()
     return float(hits.mean())
+
+
+def distill_demo(checkpoint: Path, data_root: Path, out: Path, shortlist: int = 100,
+                 settings: DistillSettings = DistillSettings(), log: Callable[[str], None] = print
+                 ) -> dict[int, float]:
+    """``sbir demo prescore``: distil ``checkpoint``'s relation network into its pre-scorer on the [Ret]
+    shortlists of the seen OpenMoji drawings of a prepared demo folder (against all its photos), and
+    write the checkpoint with it to ``out`` (float16). Returns, for M in 20 / 30 / 50, the share of
+    each unseen drawing's exact top 10 inside its pre-score top M (``top_recall``).
+
+    ValueError for a checkpoint without a relation network; FileNotFoundError for a folder not prepared.
+    """
+    import models
+    from models.prescore import prescores
+    from training.demo_bank import build_bank, openmoji_items
+    from training.demo_train import encode_images, encode_sketches
+
+    loaded = models.load(checkpoint, "cpu")
+    if not getattr(loaded.model, "has_relation", False):
+        raise ValueError(f"{checkpoint}: a {loaded.family} checkpoint has no relation network to distil")
+    # Decoded once per run, so not cached: the same sets as training.demo_styles.evaluation_banks.
+    seen, unseen = (build_bank([item for item in openmoji_items(data_root, part) if item.modality == "sketch"])
+                    for part in ("seen", "unseen"))
+    gallery = build_bank([item for item in openmoji_items(data_root, "all") if item.modality == "photo"])
+    model = with_prescorer(loaded.model)
+    cpu = torch.device("cpu")
+    photo_ret, photo_tokens = encode_images(model, gallery.photos, "photo", cpu, False, keep_tokens=True)
+    assert photo_tokens is not None
+    lists = {}
+    for name, bank in (("seen", seen), ("unseen", unseen)):
+        sketch_ret, sketch_tokens = encode_sketches(model, bank.sketches, cpu, False)
+        shortlists = (sketch_ret @ photo_ret.T).topk(min(shortlist, len(photo_ret)), dim=1).indices
+        started = time.perf_counter()
+        targets = relation_targets(model, sketch_tokens, photo_tokens, shortlists)
+        log(f"{name}: {len(shortlists)} drawings x {shortlists.shape[1]} relation scores "
+            f"({time.perf_counter() - started:.0f} s)")
+        lists[name] = (sketch_tokens, shortlists, targets)
+    sketch_tokens, shortlists, targets = lists["seen"]
+    distill(model, sketch_tokens, photo_tokens, shortlists, targets, settings, log=log)
+    sketch_tokens, shortlists, targets = lists["unseen"]
+    predicted = torch.stack([prescores(model, sketch_tokens[row:row + 1], None, photo_tokens[shortlists[row]])
+                             for row in range(len(shortlists))])
+    models.save_checkpoint(model, out, dtype=torch.float16)
+    log(f"pre-scorer distilled from {loaded.path} (sha256 {loaded.sha256[:12]}...)")
+    return {keep: top_recall(predicted, targets, keep) for keep in (20, 30, 50)}

@@ -187,3 +187,24 @@ def test_the_command_names_a_missing_demo_folder(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert "nowhere" in err and "sbir demo prepare" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_prescore_command_adds_a_distilled_pre_scorer_and_nothing_else(
+        folder: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    out = tmp_path / "with-prescorer.pt"
+    assert main(["demo", "prescore", "--checkpoint", str(checkpoint), "--data", str(folder), "--out", str(out),
+                 "--shortlist", "10", "--steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "seen: 6 drawings x 8 relation scores" in printed and "unseen: 2 drawings x 8" in printed
+    assert "share of the exact top 10 inside the pre-score top M: 1.000 at M = 20" in printed  # 8 photos < 20
+    before, after = models.load(checkpoint, "cpu").model, models.load(out, "cpu").model
+    assert before.prescorer is None and after.prescorer is not None
+    grown = after.state_dict()
+    for key, value in before.state_dict().items():  # the rest as it was, up to the float16 of the file
+        torch.testing.assert_close(grown[key], value.half().float(), atol=0, rtol=0)
+    assert main(["demo", "prescore", "--data", str(tmp_path / "nowhere"), "--checkpoint", str(checkpoint),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "sbir demo prepare" in err and len(err.strip().splitlines()) == 1
