@@ -133,8 +133,13 @@ class Baseline:
 class ModelMethod:
     """A checkpoint, scored by the evaluation path of ``sbir evaluate`` (training.evaluate.Scorer)."""
 
-    def __init__(self, name: str, model: torch.nn.Module, shortlist: int, ann_weight: float = 0.0) -> None:
+    def __init__(self, name: str, model: torch.nn.Module, shortlist: int, ann_weight: float = 0.0,
+                 rerank_mode: str = "fp32") -> None:
+        from models.rerank_mode import Reranking, RerankMode
+
         self.name, self.model, self.shortlist, self.ann_weight = name, model.eval(), shortlist, ann_weight
+        # How two-stage re-ranks its shortlist (models.rerank_mode), as the server's SBIR_RERANK_MODE.
+        self.reranking = Reranking.prepare(self.model, RerankMode.parse(rerank_mode))
         self.galleries: dict[str, Any] = {}
         # "+ann": ranked by relation + ann_weight x [Ret] cosine (indexer.retrieval.ranking_scores).
         fused = (f"two-stage+ann{ann_weight:g}", f"rn+ann{ann_weight:g}") if ann_weight else ()
@@ -154,7 +159,8 @@ class ModelMethod:
         for mode in modes:
             retrieval, _, fused = mode.partition("+ann")
             scored[mode] = Scorer(self.model, self.galleries[key], retrieval, shortlist=self.shortlist,  # type: ignore[arg-type]
-                                  ann_weight=self.ann_weight if fused else 0.0).distances(encoded)
+                                  ann_weight=self.ann_weight if fused else 0.0,
+                                  reranking=self.reranking).distances(encoded)
         return scored
 
 
@@ -262,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alignment-pairs", type=int, default=200)
     parser.add_argument("--ann-weight", type=float, default=0.0, metavar="W",
                         help="also rank the models by relation + W x [Ret] cosine (modes two-stage+annW, rn+annW)")
+    parser.add_argument("--rerank-mode", default="fp32", metavar="MODE",
+                        help="how two-stage re-ranks every model's shortlist (models.rerank_mode; default: fp32, exact)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/demo_quality.json"))
     args = parser.parse_args(argv)
     import models
@@ -277,7 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods.append(("untrained", ModelMethod("untrained", models.build_model("zse-tiny"), args.shortlist)))
     for spec in args.model:
         name, _, path = spec.partition("=")
-        methods.append((name, ModelMethod(name, models.load(path, "cpu").model, args.shortlist, args.ann_weight)))
+        methods.append((name, ModelMethod(name, models.load(path, "cpu").model, args.shortlist, args.ann_weight,
+                                          args.rerank_mode)))
     report["methods"] = {}
     with tempfile.TemporaryDirectory() as scratch:
         doodles = doodle_samples(Path(scratch))

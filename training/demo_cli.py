@@ -59,6 +59,10 @@ def register(subparsers: Any) -> None:
     prescore.add_argument("--out", required=True, help="checkpoint to write (may be --checkpoint itself)")
     prescore.add_argument("--shortlist", type=int, default=100, help="photos per shortlist, K (default: %(default)s)")
     prescore.add_argument("--steps", type=int, default=1500, help="training steps (default: %(default)s)")
+    prescore.add_argument("--styles", default="openmoji",
+                          help="comma-separated styles whose seen drawings are the training queries: openmoji and "
+                               "any prepared sketch style (tabler, ph, emojione-monotone, fluent-emoji-high-contrast)"
+                               " (default: %(default)s)")
     prescore.add_argument("--seed", type=int, default=0)
     prescore.set_defaults(handler=_prescore)
 
@@ -118,10 +122,12 @@ def _prescore(args: argparse.Namespace) -> int:
     try:
         held_out = distill_demo(Path(args.checkpoint), Path(args.data), Path(args.out), args.shortlist,
                                 DistillSettings(steps=args.steps, seed=args.seed),
-                                log=lambda line: print(line, flush=True))
+                                log=lambda line: print(line, flush=True),
+                                styles=[style.strip() for style in args.styles.split(",") if style.strip()])
     except FileNotFoundError as error:
-        missing = error.filename or str(error)
-        raise CliError(f"{missing}: not found (run `sbir demo prepare --out {args.data}` first)") from None
+        if error.filename is None:  # a style folder that was not prepared: the message says so
+            raise CliError(str(error)) from None
+        raise CliError(f"{error.filename}: not found (run `sbir demo prepare --out {args.data}` first)") from None
     except ValueError as error:  # not a ZSE checkpoint
         raise CliError(str(error)) from None
     shares = ", ".join(f"{share:.3f} at M = {keep}" for keep, share in held_out.items())

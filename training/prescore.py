@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,26 +132,34 @@ def top_recall(prescores: torch.Tensor, targets: torch.Tensor, keep: int, top: i
 
 
 def distill_demo(checkpoint: Path, data_root: Path, out: Path, shortlist: int = 100,
-                 settings: DistillSettings = DistillSettings(), log: Callable[[str], None] = print
-                 ) -> dict[int, float]:
+                 settings: DistillSettings = DistillSettings(), log: Callable[[str], None] = print,
+                 styles: Sequence[str] = ("openmoji",)) -> dict[int, float]:
     """``sbir demo prescore``: distil ``checkpoint``'s relation network into its pre-scorer on the [Ret]
-    shortlists of the seen OpenMoji drawings of a prepared demo folder (against all its photos), and
-    write the checkpoint with it to ``out`` (float16). Returns, for M in 20 / 30 / 50, the share of
-    each unseen drawing's exact top 10 inside its pre-score top M (``top_recall``).
+    shortlists of the seen drawings of ``styles`` (``openmoji``'s line drawings, or the sketches of a
+    prepared extra style: ``tabler``, ``ph``, ``emojione-monotone``, ...) against all the OpenMoji photos
+    of a prepared demo folder, and write the checkpoint with it to ``out`` (float16). Returns, for M in
+    20 / 30 / 50, the share of each unseen OpenMoji drawing's exact top 10 inside its pre-score top M
+    (``top_recall``).
 
-    ValueError for a checkpoint without a relation network; FileNotFoundError for a folder not prepared.
+    ValueError for a checkpoint without a relation network; FileNotFoundError for a folder or style not
+    prepared.
     """
     import models
     from models.prescore import prescores
     from training.demo_bank import build_bank, openmoji_items
+    from training.demo_styles import style_items
     from training.demo_train import encode_images, encode_sketches
 
     loaded = models.load(checkpoint, "cpu")
     if not getattr(loaded.model, "has_relation", False):
         raise ValueError(f"{checkpoint}: a {loaded.family} checkpoint has no relation network to distil")
-    # Decoded once per run, so not cached: the same sets as training.demo_styles.evaluation_banks.
-    seen, unseen = (build_bank([item for item in openmoji_items(data_root, part) if item.modality == "sketch"])
-                    for part in ("seen", "unseen"))
+    # Decoded once per run, so not cached: the unseen drawings and the gallery are the sets of
+    # training.demo_styles.evaluation_banks; extra styles hold seen concepts only (docs/demo.md).
+    drawings = [item for style in styles
+                for item in (openmoji_items(data_root, "seen") if style == "openmoji" else style_items(data_root, style))
+                if item.modality == "sketch"]
+    seen = build_bank(drawings)
+    unseen = build_bank([item for item in openmoji_items(data_root, "unseen") if item.modality == "sketch"])
     gallery = build_bank([item for item in openmoji_items(data_root, "all") if item.modality == "photo"])
     model = with_prescorer(loaded.model)
     cpu = torch.device("cpu")

@@ -208,3 +208,7 @@ def test_the_prescore_command_adds_a_distilled_pre_scorer_and_nothing_else(
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "sbir demo prepare" in err and len(err.strip().splitlines()) == 1
+    assert main(["demo", "prescore", "--data", str(folder), "--checkpoint", str(checkpoint), "--out", str(out),
+                 "--styles", "openmoji,tabler"]) == 2
+    err = capsys.readouterr().err
+    assert "style 'tabler' is not prepared" in err and len(err.strip().splitlines()) == 1
