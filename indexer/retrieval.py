@@ -189,10 +189,8 @@ def _prescored(model: Any, gallery: Any, sketch_tokens: Tokens, ids: Sequence[in
     sketch = sketch_tokens.to(device)
     photos = photo_tokens(model, gallery, ids, device)
     with torch.inference_mode(), autocast(device, reranking.mode.autocast_dtype(device, amp)):
-        first = np.concatenate([
-            prescores(model, sketch.tokens, sketch.kept, photos.tokens[start:start + batch_size],
-                      None if photos.kept is None else photos.kept[start:start + batch_size]).cpu().numpy()
-            for start in range(0, len(ids), batch_size)])
+        # One call for the whole shortlist: the sketch's anchors once, and only anchors [P, A, K] to hold.
+        first = prescores(model, sketch.tokens, sketch.kept, photos.tokens, photos.kept).cpu().numpy()
         top = np.argsort(-first, kind="stable")[: reranking.mode.prescore]
         chosen = torch.as_tensor(top, dtype=torch.long, device=photos.tokens.device)
         scorer = model.relation_scorer(sketch.tokens, sketch.kept, reranking.int8)

@@ -87,10 +87,10 @@ def distill(model: Any, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor,
     are computed once, since only the head learns. Returns the loss of every step."""
     prescorer: PreScorer = model.prescorer
     with torch.no_grad():
-        sketch_anchors = torch.cat([self_attention_anchors(model, sketch_tokens[start:start + 256]).float()
-                                    for start in range(0, len(sketch_tokens), 256)])
-        photo_anchors = torch.cat([self_attention_anchors(model, photo_tokens[start:start + 256]).float()
-                                   for start in range(0, len(photo_tokens), 256)])
+        sketch_anchors, photo_anchors = (
+            torch.cat([self_attention_anchors(model, tokens[start:start + 256]).float()
+                       for start in range(0, len(tokens), 256)])
+            for tokens in (sketch_tokens, photo_tokens))
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.AdamW(prescorer.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, settings.steps))

@@ -3,34 +3,21 @@ cascade's guarantee against the model's own relation, checkpoints with and witho
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 import models
-from indexer import retrieval
-from models.config import ZSE_PRESETS
 from models.prescore import prescores
 from models.relation import cosine_kernel
 from models.rerank_mode import Reranking, RerankMode
+from tests.support.relation_case import mode_scores, spread_case
 
 
 @pytest.fixture(scope="module")
 def encoded():
     """A zse-tiny with a pre-scorer, both heads spread over (0, 1); one sketch and 12 photos."""
-    torch.manual_seed(0)
-    model = models.build_model(dataclasses.replace(ZSE_PRESETS["zse-tiny"], prescorer=True)).eval()
-    with torch.no_grad():
-        model.relation_head.layers[-1].weight.mul_(50.0)
-        model.prescorer.head.layers[-1].weight.mul_(50.0)
-    images = torch.rand(13, 3, 224, 224, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    with torch.inference_mode():
-        sketch = model.encode(images[:1], "sketch")
-        photos = model.encode(images[1:], "photo")
-        exact = model.relation(sketch.tokens, photos.tokens).numpy()
-    return model, sketch, photos, exact
+    return spread_case(prescorer=True)
 
 
 def _by_hand(model, sketch_tokens: torch.Tensor, photo_tokens: torch.Tensor) -> np.ndarray:
@@ -52,10 +39,7 @@ def test_prescores_are_the_relation_head_recipe_on_self_attention_anchors(encode
 
 
 def _scores(encoded, mode: str, ids: np.ndarray, batch_size: int = 5) -> np.ndarray:
-    model, sketch, photos, _ = encoded
-    gallery = retrieval.EmbeddedGallery(photos.ret, photos.tokens, photos.kept)
-    return retrieval.relation_scores(model, gallery, retrieval.Tokens(sketch.tokens), ids, batch_size,
-                                     torch.device("cpu"), reranking=Reranking.prepare(model, RerankMode.parse(mode)))
+    return mode_scores(encoded, mode, ids, batch_size)
 
 
 @pytest.mark.parametrize(("mode", "tolerance"), [("prescore4", 1e-5), ("int8+prescore4", 0.05)])

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import models
 from indexer import retrieval
 from models.device import configure_threads, usable_cores
 from models.int8 import Int8Linear, int8_relation, quantize_rows
 from models.rerank_mode import Reranking, RerankMode
+from tests.support.relation_case import mode_scores, spread_case
 
 
 def test_int8_linear_is_exact_where_both_sides_are_representable() -> None:
@@ -71,23 +71,11 @@ def test_a_mode_takes_one_second_stage_and_only_prescore_modes_skip_exact_scores
 @pytest.fixture(scope="module")
 def encoded():
     """A zse-tiny whose relation scores spread over (0, 1), one sketch and 12 photos."""
-    torch.manual_seed(0)
-    model = models.build_model("zse-tiny").eval()
-    with torch.no_grad():
-        model.relation_head.layers[-1].weight.mul_(50.0)
-    images = torch.rand(13, 3, 224, 224, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    with torch.inference_mode():
-        sketch = model.encode(images[:1], "sketch")
-        photos = model.encode(images[1:], "photo")
-        exact = model.relation(sketch.tokens, photos.tokens).numpy()
-    return model, sketch, photos, exact
+    return spread_case()
 
 
 def _scores(encoded, mode: str, ids: np.ndarray) -> np.ndarray:
-    model, sketch, photos, _ = encoded
-    gallery = retrieval.EmbeddedGallery(photos.ret, photos.tokens, photos.kept)
-    return retrieval.relation_scores(model, gallery, retrieval.Tokens(sketch.tokens), ids, 5, torch.device("cpu"),
-                                     reranking=Reranking.prepare(model, RerankMode.parse(mode)))
+    return mode_scores(encoded, mode, ids)
 
 
 @pytest.mark.parametrize("mode", ["bf16", "int8"])
