@@ -46,7 +46,7 @@ from training.contrastive import (
     relation_ranking_loss,
 )
 from training.demo_bank import PairBank
-from training.sketch_jitter import MouseStyle, PhotoJitter, ink_to_model, photo_to_model, to_ink
+from training.sketch_jitter import MouseStyle, PhotoJitter, ink_to_model, photo_edges, photo_to_model, to_ink
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,13 @@ class DemoRecipe:
     # the correspondence explanations meaningful (training.contrastive.alignment_loss).
     align_weight: float = 0.0
     align_temperature: float = 0.1
+    # Sketches made from the colour pictures of these styles (training.sketch_jitter.photo_edges): for
+    # photo_edge_share of the batch, the drawing is replaced by the outline (edge_outline_share of
+    # those) or the colour-region borders of one of the instance's pictures in these styles. They are
+    # simpler than any line art in the data, as doodles are.
+    photo_edges: list[str] = field(default_factory=list)
+    photo_edge_share: float = 0.0
+    edge_outline_share: float = 0.4
     hard_fraction: float = 0.5
     neighbours: int = 10
     refresh_every: int = 250
@@ -115,10 +122,15 @@ class DemoRecipe:
             "refresh_every": self.refresh_every >= 1,
             "threads": self.threads >= 1,
             "openmoji_pair_share": 0 <= self.openmoji_pair_share <= 1,
+            "photo_edge_share": 0 <= self.photo_edge_share <= 1,
+            "edge_outline_share": 0 <= self.edge_outline_share <= 1,
         }
         for name, ok in checks.items():
             if not ok:
                 raise RecipeError(f"{name}: invalid value {getattr(self, name)!r}")
+        missing = [style for style in self.photo_edges if style not in self.styles]
+        if missing:
+            raise RecipeError(f"photo_edges: {', '.join(missing)} not among the recipe's styles")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> DemoRecipe:
@@ -272,6 +284,32 @@ def draw_batch(
     return chosen, sketch_rows, photo_rows
 
 
+def edge_sketches(bank: PairBank, chosen: torch.Tensor, photo_members: list[torch.Tensor], recipe: DemoRecipe,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions [R] into the batch whose sketch is replaced, and their new drawings, uint8 grey [R, H, W].
+
+    Each of the batch's instances [B] is picked with probability ``photo_edge_share``; it is replaced
+    when it has a picture in one of ``photo_edges``' styles (one of them at random is drawn).
+    """
+    none = torch.zeros(0, dtype=torch.int64), bank.sketches.new_zeros(0, *bank.sketches.shape[1:])
+    sources = [bank.sources.index(f"{style}-photo") for style in recipe.photo_edges if f"{style}-photo" in bank.sources]
+    if not sources or recipe.photo_edge_share == 0:
+        return none  # no draw from the generator: recipes without edges keep their batches
+    picked = torch.rand(len(chosen), generator=generator) < recipe.photo_edge_share
+    allowed = torch.tensor(sources)
+    positions, rows = [], []
+    for position in torch.nonzero(picked).squeeze(1).tolist():
+        members = photo_members[int(chosen[position])]
+        members = members[torch.isin(bank.photo_source[members], allowed)]
+        if len(members):
+            positions.append(position)
+            rows.append(members[int(torch.randint(len(members), (1,), generator=generator))])
+    if not rows:
+        return none
+    outline_only = torch.rand(len(rows), generator=generator) < recipe.edge_outline_share
+    return torch.tensor(positions), photo_edges(bank.photos[torch.stack(rows)], outline_only)
+
+
 def _own_style(bank: PairBank, sketch_rows: torch.Tensor, photo_rows: torch.Tensor) -> torch.Tensor:
     """[b] bool: the pair is an OpenMoji black drawing with its own colour version (one frame)."""
     sketch_id, photo_id = _source_id(bank, "openmoji-sketch"), _source_id(bank, "openmoji-photo")
@@ -393,7 +431,11 @@ def run(
         chosen, sketch_rows, photo_rows = draw_batch(
             bank, instances, sketch_members, photo_members, state.neighbours, recipe, generator
         )
-        sketches = sketch_style(bank.sketches[sketch_rows], generator).to(device)
+        grey = bank.sketches[sketch_rows]
+        replaced, drawn = edge_sketches(bank, chosen, photo_members, recipe, generator)
+        if len(replaced):
+            grey[replaced] = drawn  # a fresh tensor: the bank is not written
+        sketches = sketch_style(grey, generator).to(device)
         photos = photo_style(bank.photos[photo_rows], generator).to(device)
         concept = sketch_concept[chosen].to(device)
         weights = positive_weights(chosen.to(device), chosen.to(device), concept, concept, recipe.concept_weight)
@@ -424,7 +466,9 @@ def run(
             loss = loss + recipe.relation_weight * relation_loss
             parts["relation"] = float(relation_loss.detach())
             if recipe.align_weight > 0:
-                own = _own_style(bank, sketch_rows[:scored], photo_rows[:scored]).to(device)
+                own = _own_style(bank, sketch_rows[:scored], photo_rows[:scored])
+                own[replaced[replaced < scored]] = False  # an edge drawing is not in the photo's frame
+                own = own.to(device)
                 if own.any():
                     positives = kernel.float().view(scored, 1 + negatives, *kernel.shape[1:])[:, 0]
                     align = alignment_loss(positives[own], recipe.align_temperature)

@@ -12,6 +12,10 @@ max-pooling: ``dilate`` thickens strokes, ``erode`` thins them. What each transf
 - ``stroke_width``: thicker or thinner strokes;
 - ``break_lines``: gaps where the pen lifted;
 - ``affine``: a drawing a little rotated, squashed or off-centre within its crop.
+
+``photo_edges`` makes further sketches from the flat colour emoji themselves: the outline of the
+picture's shape, with or without the borders between its colour regions. A mouse drawing of an apple
+is mostly its outline and a stalk, far from OpenMoji's line art with every highlight drawn.
 """
 
 from __future__ import annotations
@@ -70,6 +74,29 @@ def break_lines(ink: torch.Tensor, generator: torch.Generator, keep: float = 0.8
     batch = ink.shape[0]
     mask = (torch.rand(batch, 1, cells, cells, generator=generator) < keep).float()
     return ink * F.interpolate(mask, size=ink.shape[-2:], mode="nearest")
+
+
+def photo_edges(photos: torch.Tensor, outline_only: torch.Tensor, paper: int = 245,
+                colour_step: float = 0.2) -> torch.Tensor:
+    """Line drawings of flat colour pictures: uint8 RGB [B, 3, H, W] (white paper) -> uint8 grey [B, H, W].
+
+    Every row gets the outline of its shape (the pixels with any channel below ``paper``); rows where
+    ``outline_only`` [B] bool is false also get the borders between colour regions, where a channel
+    changes by more than ``colour_step`` (of 1) to a neighbour. Lines are about 3 px wide; the pen of
+    the drawing is the sketch augmentation's business.
+    """
+    images = photos.float() / 255.0
+    shape = (images.amin(dim=1, keepdim=True) < paper / 255.0).float()  # [B, 1, H, W]
+    lines = shape - erode(shape, 3)  # the shape's inner border, 1 px
+    right = (images[..., :, 1:] - images[..., :, :-1]).abs().amax(dim=1, keepdim=True)
+    down = (images[..., 1:, :] - images[..., :-1, :]).abs().amax(dim=1, keepdim=True)
+    step = torch.zeros_like(shape)
+    step[..., :, 1:] = right
+    step[..., 1:, :] = torch.maximum(step[..., 1:, :], down)
+    borders = dilate((step > colour_step).float() * erode(shape, 3), 3)
+    keep_borders = (~outline_only).float().view(-1, 1, 1, 1)
+    ink = torch.maximum(dilate(lines, 3), borders * keep_borders)
+    return ((1.0 - ink.clamp(0, 1)) * 255).round().to(torch.uint8).squeeze(1)
 
 
 def affine(

@@ -14,7 +14,8 @@ from PIL import Image
 import models
 from training.demo_bank import BankItem, PairBank, build_bank, openmoji_items
 from training.demo_eval import evaluate_bank
-from training.demo_train import DemoRecipe, RecipeError, draw_batch, run
+from training.demo_train import DemoRecipe, RecipeError, draw_batch, edge_sketches, run
+from training.sketch_jitter import photo_edges
 
 
 def _drawing(seed: int, size: int = 224) -> np.ndarray:
@@ -96,6 +97,55 @@ def test_hard_batches_hold_neighbours_of_their_seeds() -> None:
     for seed, extra in zip(seeds.tolist(), hard.tolist(), strict=True):
         assert extra in neighbours[seed].tolist()
     assert torch.equal(bank.sketch_instance[sketch_rows], chosen) and torch.equal(bank.photo_instance[photo_rows], chosen)
+
+
+def _two_style_bank() -> PairBank:
+    """Four instances with an OpenMoji picture each; instances 0 and 2 also have a Noto picture."""
+    photos = torch.full((6, 3, 224, 224), 255, dtype=torch.uint8)  # the model's input size
+    photos[4, :, 10:40, 12:50] = 40  # instance 0's Noto picture: a dark box
+    photos[5, 0, 20:30, 20:30] = 0   # instance 2's: a small cyan square
+    return PairBank(
+        sketches=torch.full((4, 224, 224), 255, dtype=torch.uint8), photos=photos,
+        sketch_instance=torch.arange(4), photo_instance=torch.tensor([0, 1, 2, 3, 0, 2]),
+        instance_concept=torch.zeros(4, dtype=torch.int64),
+        sketch_source=torch.zeros(4, dtype=torch.int64), photo_source=torch.tensor([1, 1, 1, 1, 0, 0]),
+        instances=["a", "b", "c", "d"], concepts=["x"], sources=["noto-photo", "openmoji-photo", "openmoji-sketch"],
+    )
+
+
+def test_edge_sketches_replace_drawings_with_edges_of_the_named_styles_pictures() -> None:
+    bank = _two_style_bank()
+    chosen = torch.tensor([3, 2, 1, 0])
+    recipe = _recipe(Path("unused"), styles=["openmoji", "noto"], photo_edges=["noto"], photo_edge_share=1.0,
+                     edge_outline_share=0.0)
+    positions, drawn = edge_sketches(bank, chosen, bank.members("photo"), recipe, torch.Generator().manual_seed(0))
+    # Only the instances with a Noto picture, each drawn from that picture (never from an OpenMoji one).
+    assert positions.tolist() == [1, 3]
+    expected = photo_edges(bank.photos[torch.tensor([5, 4])], torch.tensor([False, False]))
+    assert torch.equal(drawn, expected) and (drawn < 128).any(dim=(1, 2)).all()
+
+
+def test_edge_sketches_off_draw_nothing_and_leave_the_generator_alone() -> None:
+    bank = _two_style_bank()
+    generator = torch.Generator().manual_seed(0)
+    before = generator.get_state()
+    recipe = _recipe(Path("unused"), styles=["openmoji", "noto"], photo_edges=["noto"], photo_edge_share=0.0)
+    positions, drawn = edge_sketches(bank, torch.arange(4), bank.members("photo"), recipe, generator)
+    assert len(positions) == 0 and drawn.shape == (0, 224, 224)
+    assert torch.equal(generator.get_state(), before)
+
+
+def test_edges_of_a_style_the_recipe_does_not_load_are_refused() -> None:
+    with pytest.raises(RecipeError, match="photo_edges: noto"):
+        _recipe(Path("unused"), styles=["openmoji"], photo_edges=["noto"], photo_edge_share=0.5)
+
+
+def test_training_with_edge_sketches_runs(tmp_path: Path) -> None:
+    bank = _two_style_bank()
+    recipe = _recipe(tmp_path, batch=4, relation_negatives=2, relation_sketches=2, neighbours=2, styles=["openmoji", "noto"],
+                     photo_edges=["noto"], photo_edge_share=1.0, align_weight=0.5, steps=2)
+    record = run(recipe, bank)
+    assert record["step"] == 2 and np.isfinite(record["loss"])
 
 
 def test_training_runs_writes_a_loadable_model_and_resumes_exactly(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from training.sketch_jitter import (
     dilate,
     erode,
     ink_to_model,
+    photo_edges,
     repen,
     to_ink,
 )
@@ -89,3 +90,32 @@ def test_photo_jitter_range_and_identity_when_off() -> None:
     assert torch.allclose(off, photos.float() / 127.5 - 1.0, atol=1e-6)
     on = PhotoJitter()(photos, torch.Generator().manual_seed(0))
     assert float(on.min()) >= -1.0 and float(on.max()) <= 1.0
+
+
+def _flag(size: int = 64) -> torch.Tensor:
+    """White paper, a red square 16..47 holding a blue square 24..39: uint8 RGB [1, 3, H, W]."""
+    photo = torch.full((1, 3, size, size), 255, dtype=torch.uint8)
+    photo[0, :, 16:48, 16:48] = torch.tensor([220, 30, 30], dtype=torch.uint8).view(3, 1, 1)
+    photo[0, :, 24:40, 24:40] = torch.tensor([30, 30, 220], dtype=torch.uint8).view(3, 1, 1)
+    return photo
+
+
+def test_photo_edges_draw_the_outline_and_optionally_the_colour_borders() -> None:
+    photo = _flag().expand(2, -1, -1, -1)
+    drawn = photo_edges(photo, torch.tensor([True, False]))
+    assert drawn.shape == (2, 64, 64) and drawn.dtype == torch.uint8
+    ink = drawn < 128
+    # The shape's border (the red square's edge, 3 px wide around row / column 16 and 47).
+    for lines in ink:
+        assert lines[16, 20:44].all() and lines[47, 20:44].all() and lines[20:44, 16].all()
+        assert not lines[:14].any() and not lines[50:].any()  # paper stays blank
+        assert not lines[30, 30]  # inside the colour regions: no ink
+    outline, borders = ink
+    # The inner square's edge only where the colour borders are asked for.
+    assert not outline[24, 26:38].any() and not outline[26:38, 39].any()
+    assert borders[24, 26:38].all() and borders[26:38, 39].all()
+
+
+def test_photo_edges_of_a_blank_picture_are_blank() -> None:
+    blank = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    assert (photo_edges(blank, torch.tensor([False])) == 255).all()
