@@ -292,7 +292,8 @@ def edge_sketches(bank: PairBank, chosen: torch.Tensor, photo_members: list[torc
     when it has a picture in one of ``photo_edges``' styles (one of them at random is drawn).
     """
     none = torch.zeros(0, dtype=torch.int64), bank.sketches.new_zeros(0, *bank.sketches.shape[1:])
-    sources = [bank.sources.index(f"{style}-photo") for style in recipe.photo_edges if f"{style}-photo" in bank.sources]
+    found = (_source_id(bank, f"{style}-photo") for style in recipe.photo_edges)
+    sources = [source for source in found if source is not None]
     if not sources or recipe.photo_edge_share == 0:
         return none  # no draw from the generator: recipes without edges keep their batches
     picked = torch.rand(len(chosen), generator=generator) < recipe.photo_edge_share
