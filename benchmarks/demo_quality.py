@@ -12,6 +12,9 @@ for the models named with ``--exhaustive``, the relation network over every pair
   by ``sbir demo prepare`` and used for nothing else): instance acc@1 / acc@10 among those images.
 - **doodles**: the mouse drawings of :mod:`benchmarks.doodles` against the OpenMoji gallery:
   hit@10 (any relevant emoji in the top 10) and P@10, for seen and unseen concepts apart.
+- **photo to photo**: each unseen drawing's own colour photo as the query, against the other 2,455
+  photos by [Ret] (the baseline: its mask): the category mAP@all that the photo vectors themselves
+  give, a ceiling for any ranking that starts from them (query expansion, re-ranking the [Ret] order).
 - **alignment**: for each of ``--alignment-pairs`` black drawings and its own colour version, the
   share of sketch anchor cells whose best match after cross-attention is the same cell.
 
@@ -129,6 +132,11 @@ class Baseline:
         vectors = np.stack([baseline_vector(sample.path, "sketch") for sample in sketches])
         return {"ret": 1.0 - vectors @ self.galleries[key].T}
 
+    def photo_distances(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """[len(rows), G] cosine distances from the gallery's own photos ``rows`` to every photo."""
+        vectors = self.galleries[key]
+        return 1.0 - vectors[rows] @ vectors.T
+
 
 class ModelMethod:
     """A checkpoint, scored by the evaluation path of ``sbir evaluate`` (training.evaluate.Scorer)."""
@@ -150,6 +158,11 @@ class ModelMethod:
 
         self.galleries[key] = embed(self.model, photos, "photo", device=torch.device("cpu"), keep_tokens=True,
                                     num_workers=0)
+
+    def photo_distances(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """[len(rows), G] [Ret] cosine distances from the gallery's own photos ``rows`` to every photo."""
+        vectors = self.galleries[key].ret.numpy()
+        return 1.0 - vectors[rows] @ vectors.T
 
     def distances(self, key: str, sketches: Sequence[Sample], modes: Sequence[str]) -> dict[str, np.ndarray]:
         from training.evaluate import Scorer, embed
@@ -175,6 +188,14 @@ def instance_and_category(distances: np.ndarray, own: np.ndarray, query_labels: 
     category = retrieval_metrics(distances, query_labels[:, None] == gallery_labels[None, :])
     return {"acc_1": instance["acc_1"], "acc_10": instance["acc_10"],
             "map_all": category["map_all"], "prec_100": category["prec_100"]}
+
+
+def photo_to_photo(distances: np.ndarray, own: np.ndarray, query_labels: np.ndarray,
+                   gallery_labels: np.ndarray) -> dict[str, float]:
+    """Category mAP@all / Prec@100 of photo queries (``own`` [Q, G]: each row's query photo), itself left out."""
+    relevant = (query_labels[:, None] == gallery_labels[None, :]) & ~own
+    category = retrieval_metrics(np.where(own, np.inf, distances), relevant)
+    return {"map_all": category["map_all"], "prec_100": category["prec_100"]}
 
 
 def doodle_measures(distances: np.ndarray, relevant: list[list[int]], unseen: list[bool]) -> dict[str, Any]:
@@ -228,6 +249,8 @@ def measure(method: Any, sets: dict[str, Any], doodles: list[Sample], *, exhaust
     ranked = method.distances("openmoji", sets["queries"], modes)
     for mode, distances in ranked.items():
         result["unseen_all_photos"][mode] = instance_and_category(distances, own, query_labels, gallery_labels)
+    result["photo_to_photo"] = photo_to_photo(method.photo_distances("openmoji", own.argmax(1)), own,
+                                              query_labels, gallery_labels)
     if exhaustive_every and "rn" in method.modes:
         subset = list(range(0, len(sets["queries"]), exhaustive_every))
         chosen = [sets["queries"][i] for i in subset]
@@ -246,7 +269,7 @@ def measure(method: Any, sets: dict[str, Any], doodles: list[Sample], *, exhaust
         for mode, distances in method.distances("cross", queries, modes).items():
             result["cross_style"][mode] = instance_and_category(distances, own_cross, query_labels[has_own], cross_labels)
     relevant = [[i for i, text in enumerate(sets["annotations"]) if doodle.matches(text)] for doodle in DOODLES]
-    unseen = [bool(wanted) and np.mean([gallery_labels[i] in sets["unseen_subgroups"] for i in wanted]) > 0.5
+    unseen = [bool(wanted and np.mean([gallery_labels[i] in sets["unseen_subgroups"] for i in wanted]) > 0.5)
               for wanted in relevant]
     result["doodles"] = {mode: doodle_measures(distances, relevant, unseen)
                          for mode, distances in method.distances("openmoji", doodles, modes).items()}
