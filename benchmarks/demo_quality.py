@@ -13,8 +13,9 @@ for the models named with ``--exhaustive``, the relation network over every pair
 - **doodles**: the mouse drawings of :mod:`benchmarks.doodles` against the OpenMoji gallery:
   hit@10 (any relevant emoji in the top 10) and P@10, for seen and unseen concepts apart.
 - **photo to photo**: each unseen drawing's own colour photo as the query, against the other 2,455
-  photos by [Ret] (the baseline: its mask): the category mAP@all that the photo vectors themselves
-  give, a ceiling for any ranking that starts from them (query expansion, re-ranking the [Ret] order).
+  photos by [Ret] (the baseline: its mask), itself left out: category mAP@all and Prec@100. How far
+  the photo vectors alone group a subgroup, which bounds what a ranking built on them (query
+  expansion from the top photos, say) can add to category mAP.
 - **alignment**: for each of ``--alignment-pairs`` black drawings and its own colour version, the
   share of sketch anchor cells whose best match after cross-attention is the same cell.
 
