@@ -133,10 +133,9 @@ class Baseline:
         vectors = np.stack([baseline_vector(sample.path, "sketch") for sample in sketches])
         return {"ret": 1.0 - vectors @ self.galleries[key].T}
 
-    def photo_distances(self, key: str, rows: np.ndarray) -> np.ndarray:
-        """[len(rows), G] cosine distances from the gallery's own photos ``rows`` to every photo."""
-        vectors = self.galleries[key]
-        return 1.0 - vectors[rows] @ vectors.T
+    def photo_vectors(self, key: str) -> np.ndarray:
+        """[G, 64 * 64] the prepared gallery's masks, L2-normalised."""
+        return self.galleries[key]
 
 
 class ModelMethod:
@@ -160,10 +159,9 @@ class ModelMethod:
         self.galleries[key] = embed(self.model, photos, "photo", device=torch.device("cpu"), keep_tokens=True,
                                     num_workers=0)
 
-    def photo_distances(self, key: str, rows: np.ndarray) -> np.ndarray:
-        """[len(rows), G] [Ret] cosine distances from the gallery's own photos ``rows`` to every photo."""
-        vectors = self.galleries[key].ret.numpy()
-        return 1.0 - vectors[rows] @ vectors.T
+    def photo_vectors(self, key: str) -> np.ndarray:
+        """[G, D] the prepared gallery's [Ret] vectors, L2-normalised."""
+        return self.galleries[key].ret.numpy()
 
     def distances(self, key: str, sketches: Sequence[Sample], modes: Sequence[str]) -> dict[str, np.ndarray]:
         from training.evaluate import Scorer, embed
@@ -250,8 +248,8 @@ def measure(method: Any, sets: dict[str, Any], doodles: list[Sample], *, exhaust
     ranked = method.distances("openmoji", sets["queries"], modes)
     for mode, distances in ranked.items():
         result["unseen_all_photos"][mode] = instance_and_category(distances, own, query_labels, gallery_labels)
-    result["photo_to_photo"] = photo_to_photo(method.photo_distances("openmoji", own.argmax(1)), own,
-                                              query_labels, gallery_labels)
+    photos = method.photo_vectors("openmoji")
+    result["photo_to_photo"] = photo_to_photo(1.0 - photos[own.argmax(1)] @ photos.T, own, query_labels, gallery_labels)
     if exhaustive_every and "rn" in method.modes:
         subset = list(range(0, len(sets["queries"]), exhaustive_every))
         chosen = [sets["queries"][i] for i in subset]
