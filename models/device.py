@@ -57,6 +57,34 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def cpu_flags(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags of this machine's CPU (the ``flags`` line of ``cpuinfo``); empty where it
+    cannot be read (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def bf16_supported(flags: frozenset[str] | None = None) -> bool:
+    """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX); elsewhere torch emulates it
+    and bf16 is slower than float32 (benchmarks/RESULTS.md, run D)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def int8_supported(flags: frozenset[str] | None = None) -> bool:
+    """True where the CPU has int8 dot-product instructions (VNNI or AMX), which dynamic int8
+    quantization needs to beat float32."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+
+
 def usable_cores() -> int:
     """The CPU cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota
     (``cpu.max``, as a container's ``--cpus`` sets it), at least 1.

@@ -61,6 +61,27 @@ class RerankMode:
 
         return torch.bfloat16 if self.precision == "bf16" else inference_dtype(device, amp)
 
+    def slow_here(self, device: Any, flags: frozenset[str] | None = None) -> str | None:
+        """Why this mode's precision is slower than float32 on ``device``, or None: on a CPU without
+        native bf16 (AVX-512 BF16 / AMX) torch emulates bf16, and without VNNI / AMX int8 dynamic
+        quantization has no fast kernel (both measured several times slower than fp32 there)."""
+        from models.device import bf16_supported, int8_supported
+
+        if getattr(device, "type", device) != "cpu" or self.precision == "fp32":
+            return None
+        if self.precision == "bf16" and not bf16_supported(flags):
+            return (f"re-rank mode {self.label}: this CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 is "
+                    f"slower than fp32 here; use {self.with_precision('fp32').label}")
+        if self.precision == "int8" and not int8_supported(flags):
+            return (f"re-rank mode {self.label}: this CPU has no int8 dot-product instructions (VNNI or AMX), so "
+                    f"int8 is slower than fp32 here; use {self.with_precision('fp32').label}")
+        return None
+
+    def with_precision(self, precision: Precision) -> RerankMode:
+        """The same stages at another precision (a cascade, which needs a fast precision, is dropped
+        for fp32)."""
+        return RerankMode(precision, 0 if precision == "fp32" else self.cascade, self.prescore)
+
     @property
     def label(self) -> str:
         stage = f"+cascade{self.cascade}" if self.cascade else f"+prescore{self.prescore}" if self.prescore else ""

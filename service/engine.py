@@ -183,6 +183,9 @@ class SearchEngine:
             reranking = Reranking.prepare(loaded.model, RerankMode.parse(self.settings.rerank_mode))
         except CheckpointError as error:  # the mode asks for a part this checkpoint lacks
             raise CheckpointError(f"{checkpoint}: {error}") from None
+        slow = reranking.mode.slow_here(device)
+        if slow:  # a setting that works but costs more than it saves on this machine
+            logger.warning("%s", slow)
         with self._state_lock:
             self._model = loaded
             self._reranking = reranking

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.atomic import write_atomic, write_json_atomic
-from models.device import autocast
+from models.device import autocast, bf16_supported
 from models.errors import SbirError
 from training.contrastive import (
     alignment_loss,
@@ -181,16 +181,6 @@ def relation_logits_and_kernel(model: Any, sketch_tokens: torch.Tensor,
     sketch_out, photo_out = model.cross_tokens(sketch_tokens, photo_tokens)
     kernel = cosine_kernel(model.anchors(sketch_out), model.anchors(photo_out))
     return model.relation_head.layers(kernel.flatten(1)).squeeze(-1), kernel
-
-
-def bf16_supported() -> bool:
-    """True where the CPU has native bf16 matmul (AVX-512 BF16 or AMX); elsewhere bf16 is slower."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _autocast(device: torch.device, enabled: bool) -> Any:

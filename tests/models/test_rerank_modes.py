@@ -124,3 +124,41 @@ def test_threads_follow_the_usable_cores() -> None:
         assert configure_threads(1) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu sse2 avx2 {extra}
+bugs\t\t: sysret_ss_attrs
+
+processor\t: 1
+flags\t\t: fpu sse2 avx2 {extra}
+"""
+
+
+@pytest.mark.parametrize(("extra", "bf16", "int8"), [
+    ("", False, False),                                   # AVX2 only (the 2026-12-04 machine)
+    ("avx512f avx512_vnni avx512_bf16", True, True),      # Zen 4
+    ("avx_vnni", False, True),                            # VNNI without AVX-512
+    ("amx_bf16 amx_int8", True, True),                    # Sapphire Rapids' AMX
+])
+def test_cpu_flags_decide_which_fast_precisions_pay(tmp_path, extra, bf16, int8) -> None:
+    from models.device import bf16_supported, cpu_flags, int8_supported
+
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO.format(extra=extra), encoding="ascii")
+    flags = cpu_flags(path)
+    assert {"fpu", "sse2", "avx2"} <= flags and "sysret_ss_attrs" not in flags  # the flags line, not bugs
+    assert (bf16_supported(flags), int8_supported(flags)) == (bf16, int8)
+    cpu = torch.device("cpu")
+    bf16_note = RerankMode.parse("bf16+prescore50").slow_here(cpu, flags)
+    int8_note = RerankMode.parse("int8+cascade10").slow_here(cpu, flags)
+    assert (bf16_note is None) == bf16 and (int8_note is None) == int8
+    if not bf16:
+        assert "use fp32+prescore50" in bf16_note and "\n" not in bf16_note
+    if not int8:
+        assert "use fp32;" not in int8_note and int8_note.endswith("use fp32")  # a cascade needs bf16/int8
+    # Exact mode, a CUDA device, or an unreadable cpuinfo: nothing to say / nothing known.
+    assert RerankMode().slow_here(cpu, flags) is None
+    assert RerankMode.parse("bf16").slow_here(torch.device("cuda"), frozenset()) is None
+    assert cpu_flags(tmp_path / "missing") == frozenset()

@@ -201,3 +201,18 @@ def test_an_unknown_rerank_mode_is_a_one_line_settings_error():
     with pytest.raises(SettingsFailure, match="SBIR_RERANK_MODE") as raised:
         load_settings(rerank_mode="fp16")
     assert "\n" not in str(raised.value) and "fp32, bf16, int8" in str(raised.value)
+
+
+def test_a_slow_rerank_precision_is_warned_about_at_start(make_settings, workspace, monkeypatch, caplog):
+    # As on a CPU with AVX2 only: bf16 is emulated there, so the server says so and names the fp32 mode.
+    import logging
+
+    from models import device
+
+    monkeypatch.setattr(device, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": frozenset({"avx2"}))
+    caplog.set_level(logging.WARNING, logger="service.engine")
+    app = create_app(make_settings(index_dir=workspace.index_dir_no_tokens, rerank_mode="bf16"))
+    with running(app) as client:
+        assert search(client, sketch_png("circle"), k=4, shortlist=4).status_code == 200
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any("no native bf16" in message and message.endswith("use fp32") for message in warnings), warnings
