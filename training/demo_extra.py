@@ -94,6 +94,11 @@ STYLES: dict[str, Style] = {
         Style("ph", "@iconify-json/ph", "1.2.2",
               "sha512-PgkEZNtqa8hBGjHXQa4pMwZa93hmfu8FUSjs/nv4oUU6yLsgv+gh9nu28Kqi8Fz9CCVu4hj1MZs9/60J57IzFw==",
               "MIT", "icons", outline_suffix="-light", filled_suffix="-fill"),
+        # Remix Icon draws each concept as a line icon and a filled one (an outline of filled shapes,
+        # not a stroke): more everyday things (keys, boats, notes) in a second hand.
+        Style("ri", "@iconify-json/ri", "1.2.10",
+              "sha512-WWMhoncVVM+Xmu9T5fgu2lhYRrKTEWhKk3Com0KiM111EeEsRLiASjpsFKnC/SrB6covhUp95r2mH8tGxhgd5Q==",
+              "Apache-2.0", "icons", outline_suffix="-line", filled_suffix="-fill"),
         Style("twemoji", "@iconify-json/twemoji", "1.2.5",
               "sha512-uKpuIEV0v6K5BW3Mjdyl+XKFVAbbcPxAgifKvEMtZoUZB5+YiY5zaMm2uNNCxyXzAWU9yNLlj41WU6/mvgALsw==",
               "CC-BY-4.0", "cross"),
