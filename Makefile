@@ -33,8 +33,9 @@ lint: install
 audit: $(STAMP)
 	$(PY) -m tools.audit_deps --json results/audit.json
 
+# --durations: the slowest tests in every log, since the suite's 15-minute line is close on slow CPUs.
 test: lint browser audit
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The demo: OpenMoji from the npm registry, the committed demo weights, the page on port 8000.
 DEMO_WEIGHTS := weights/zse-openmoji-demo.pt
