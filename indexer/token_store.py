@@ -242,8 +242,13 @@ class TokenStore:
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """`rows` int64 `[K]` (0 <= row < len) -> float32 `[K, T, D]`, in the order asked."""
+        # torch for the float16 -> float32 conversion and the scatter back: numpy's astype and
+        # fancy-index assignment took 8 of the 9 ms of reading 100 demo photos on 2 cores.
+        import torch
+
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         out = np.empty((len(rows), *self.shape), dtype=np.float32)
+        target = torch.from_numpy(out)
         segment_of = np.searchsorted(self._starts, rows, side="right") - 1
         for segment in np.unique(segment_of):
             positions = np.nonzero(segment_of == segment)[0]
@@ -258,8 +263,8 @@ class TokenStore:
             elif scales is not None:
                 values = dequantize_int8(picked, scales[local[order]])
             else:
-                values = picked.astype(np.float32)
-            out[positions[order]] = values
+                values = picked
+            target.index_copy_(0, torch.from_numpy(positions[order]), torch.from_numpy(values).float())
         return out
 
     @property
