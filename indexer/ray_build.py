@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ def _init(ray: Any, address: str) -> None:
         # A cluster of this machine, for this build only. Its dashboard (and the jobs API it serves)
         # is never started: nothing here needs it, and it would accept code from anyone who reaches it.
         options["include_dashboard"] = False
+    unreachable = _unreachable(address)
+    if unreachable is not None:
+        raise IndexerError(f"--ray {address}: cannot connect to a Ray cluster: {unreachable}")
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
@@ -101,6 +105,20 @@ def _init(ray: Any, address: str) -> None:
                 "; a cluster with token authentication also needs RAY_AUTH_MODE=token here")
         reason = _first_line(error)
         raise IndexerError(f"--ray {address}: cannot connect to a Ray cluster: {reason}{hint}") from None
+
+
+def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing accepts a TCP connection at a ``[ray://]HOST:PORT`` address, or None (reachable, or
+    not of that form: ``auto``, ``local``). Ray itself retries an address nobody listens on for about
+    40 s before it gives up; a refused or unresolvable address is known at once."""
+    host, separator, port = address.removeprefix("ray://").rpartition(":")
+    if not separator or not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except OSError as error:
+        return error.strerror or type(error).__name__
 
 
 def _worker_device(choice: str, gpus: float) -> torch.device:

@@ -233,18 +233,30 @@ class ShardKiller(threading.Thread):
 
 
 def test_unreachable_address_is_one_line_naming_it(ray_cluster: str, tmp_path: Path, checkpoint: Path,
-                                                   gallery: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+                                                   gallery: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if ray.is_initialized():
         ray.shutdown()  # a session of an earlier test would be reused instead of connecting
-    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "1")  # Ray's wait for a GCS: 20 s by default
     address = f"127.0.0.1:{_free_port()}"
     status = main(["index", "build", "--gallery", str(gallery), "--checkpoint", str(checkpoint),
                    "--out", str(tmp_path / "index"), "--ray", address, "--no-progress"])
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1, error
-    assert f"--ray {address}: cannot connect to a Ray cluster" in error
+    assert f"--ray {address}: cannot connect to a Ray cluster: Connection refused" in error
     assert not (tmp_path / "index").exists()
+
+
+def test_the_address_probe_tells_refused_and_unresolvable_from_listening() -> None:
+    from indexer.ray_build import _unreachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert _unreachable(f"127.0.0.1:{port}") is None
+        assert _unreachable(f"ray://127.0.0.1:{port}") is None
+    assert _unreachable(f"127.0.0.1:{port}") == "Connection refused"  # closed now
+    assert _unreachable("no-such-host.invalid:6379") is not None
+    assert _unreachable("auto") is None and _unreachable("local") is None
 
 
 def test_ray_build_equals_the_single_process_build(driver: str, gallery: Path, checkpoint: Path, single: Path,
