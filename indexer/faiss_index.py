@@ -72,7 +72,23 @@ def create_index(factory: str, dim: int) -> faiss.Index:
             from error
     if faiss.try_extract_index_ivf(index) is None and not text.upper().startswith("IDMAP"):
         index = faiss.index_factory(dim, f"IDMap2,{text}", faiss.METRIC_INNER_PRODUCT)
+    _skip_polysemous_training(index)
     return index
+
+
+def _skip_polysemous_training(index: faiss.Index) -> None:
+    """Turn off the polysemous training FAISS's factory turns on for PQ codes. It reorders the codebook
+    so that Hamming distances between codes mean something, which only a polysemous search
+    (`polysemous_ht`) reads; searches here compare codes by their reconstructed distances, which the
+    reordering leaves as they are. It was 95 % of training an IVF-PQ on 3,000 vectors (40 of 42 s,
+    2 cores)."""
+    inner: Any = faiss.try_extract_index_ivf(index)
+    if inner is None and isinstance(index, faiss.IndexIDMap):
+        inner = index.index
+    if inner is not None:
+        inner = faiss.downcast_index(inner)
+    if inner is not None and hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
 
 
 def check_factory(factory: str, dim: int, count: int) -> None:

@@ -130,3 +130,29 @@ def test_gpu_branch_gives_the_cpu_result(monkeypatch: pytest.MonkeyPatch, factor
     via_gpu = faiss_index.build_index(vectors, ids, factory)
     assert len(copies) == 1 and via_gpu is not copies[0]
     np.testing.assert_array_equal(search(via_gpu, vectors[:50], 5)[0], search(on_cpu, vectors[:50], 5)[0])
+
+
+@pytest.mark.parametrize("factory", ["IVF8,PQ4", "PQ4"])
+def test_pq_indexes_skip_polysemous_training_and_search_as_with_it(factory: str) -> None:
+    import faiss
+
+    from indexer.faiss_index import create_index
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((1200, 16)).astype(np.float32)
+    queries = rng.standard_normal((5, 16)).astype(np.float32)
+    ours = create_index(factory, 16)
+    with_it = create_index(factory, 16)
+    inner = faiss.downcast_index(faiss.try_extract_index_ivf(with_it) or faiss.downcast_index(with_it).index)
+    assert inner.do_polysemous_training is False  # create_index turned it off
+    inner.do_polysemous_training = True  # FAISS's factory default, for comparison
+    for index in (ours, with_it):
+        index.train(vectors)
+        index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+        if factory.startswith("IVF"):
+            faiss.extract_index_ivf(index).nprobe = 8  # every list: the comparison is of codes, not probing
+    # The reordering polysemous training does permutes code ids only: the same distances and neighbours.
+    ours_scores, ours_ids = ours.search(queries, 10)
+    their_scores, their_ids = with_it.search(queries, 10)
+    np.testing.assert_allclose(ours_scores, their_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ours_ids, their_ids)
