@@ -85,9 +85,7 @@ def _skip_polysemous_training(index: faiss.Index) -> None:
     inner: Any = faiss.try_extract_index_ivf(index)
     if inner is None and isinstance(index, faiss.IndexIDMap):
         inner = index.index
-    if inner is not None:
-        inner = faiss.downcast_index(inner)
-    if inner is not None and hasattr(inner, "do_polysemous_training"):
+    if inner is not None and hasattr(inner := faiss.downcast_index(inner), "do_polysemous_training"):
         inner.do_polysemous_training = False
 
 

@@ -95,16 +95,16 @@ def _init(ray: Any, address: str) -> None:
         # A cluster of this machine, for this build only. Its dashboard (and the jobs API it serves)
         # is never started: nothing here needs it, and it would accept code from anyone who reaches it.
         options["include_dashboard"] = False
-    unreachable = _unreachable(address)
-    if unreachable is not None:
-        raise IndexerError(f"--ray {address}: cannot connect to a Ray cluster: {unreachable}")
-    try:
-        ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        hint = ("" if address in ("auto", "local") else
-                "; a cluster with token authentication also needs RAY_AUTH_MODE=token here")
-        reason = _first_line(error)
-        raise IndexerError(f"--ray {address}: cannot connect to a Ray cluster: {reason}{hint}") from None
+    reason = _unreachable(address)
+    if reason is None:
+        try:
+            ray.init(address=address, **options)
+            return
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            hint = ("" if address in ("auto", "local") else
+                    "; a cluster with token authentication also needs RAY_AUTH_MODE=token here")
+            reason = _first_line(error) + hint
+    raise IndexerError(f"--ray {address}: cannot connect to a Ray cluster: {reason}")
 
 
 def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
