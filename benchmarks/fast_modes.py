@@ -267,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pool, pool_kept = token_pool(large, 16)
                 (root / "gallery").mkdir()
                 report["query"][large.config.name] = measure_queries(
-                    checkpoint, lambda: SyntheticIndex(root / "gallery", 1000, large.embed_dim, pool, pool_kept),
+                    checkpoint, lambda: SyntheticIndex(root / "gallery", 1000, large.embed_dim, pool, pool_kept,
+                                                       model=large),
                     synthetic_sketches(args.large_queries), modes, args.shortlist, args.rerank_batch_size, rounds=2)
         for name, per_mode in report["query"].items():
             print(f"query {name}: " + ", ".join(f"{mode} p50 {stages['total']['p50']:.0f} ms"

@@ -40,8 +40,11 @@ class SyntheticIndex:
     """
 
     def __init__(self, directory: Path, count: int, dim: int, pool_tokens: np.ndarray,
-                 pool_kept: np.ndarray | None, fmt: str = "fp16", seed: int = 0) -> None:
+                 pool_kept: np.ndarray | None, fmt: str = "fp16", seed: int = 0, model: Any = None) -> None:
+        import torch
+
         from indexer import faiss_index
+        from indexer.pipeline import anchor_chunks, anchor_shape
         from indexer.records import ImageRecord
         from indexer.token_store import TokenStore, empty_layout, write_segment
 
@@ -53,8 +56,13 @@ class SyntheticIndex:
         self._index: Any = faiss_index.build_index(vectors, np.arange(count, dtype=np.int64), self.factory, seed=seed)
         faiss_index.apply_search_params(self._index, faiss_index.default_search_params(self._index))
         kept_count = None if pool_kept is None else pool_kept.shape[1]
-        layout = empty_layout(fmt, pool_tokens.shape[1:], kept_count)
-        layout["segments"].append(write_segment(directory, layout, count, self._chunks(count, pool_tokens, pool_kept, fmt)))
+        # With the model, the pre-scorer's anchors are stored as `sbir index build` stores them.
+        anchors = None if model is None else anchor_shape(model, fmt)
+        layout = empty_layout(fmt, pool_tokens.shape[1:], kept_count, anchors=anchors)
+        chunks = self._chunks(count, pool_tokens, pool_kept, fmt)
+        if anchors is not None:
+            chunks = anchor_chunks(model, torch.device("cpu"), chunks)
+        layout["segments"].append(write_segment(directory, layout, count, chunks))
         self._tokens = TokenStore(directory, layout)
         self.count = count
         self.name = f"synthetic-{count}"
@@ -91,6 +99,12 @@ class SyntheticIndex:
 
         kept = self._tokens.gather_kept(np.asarray(ids, dtype=np.int64))
         return None if kept is None else torch.from_numpy(kept)
+
+    def anchors(self, ids: Any) -> Any:
+        import torch
+
+        anchors = self._tokens.gather_anchors(np.asarray(ids, dtype=np.int64))
+        return None if anchors is None else torch.from_numpy(anchors)
 
     def record(self, image_id: int) -> Any:
         if not 0 <= int(image_id) < self.count:
@@ -222,7 +236,7 @@ def run(args: argparse.Namespace, report: dict[str, Any], root: Path) -> None:
             folder = root / f"gallery-{size}"
             folder.mkdir()
             galleries.append(("synthetic", lambda size=size, folder=folder: SyntheticIndex(
-                folder, size, model.embed_dim, pool, pool_kept, args.tokens)))
+                folder, size, model.embed_dim, pool, pool_kept, args.tokens, model=model)))
     for kind, open_gallery in galleries:
         started = time.perf_counter()
         index = open_gallery()

@@ -134,6 +134,10 @@ def _info(args: argparse.Namespace) -> int:
         per_token = (layout.get("codec") or {}).get("code_size") or layout["bytes_per_photo"] // layout["shape"][0]
         print(f"token store: {layout['format']}, {layout['bytes_per_photo']:,d} B per photo "
               f"({layout['shape'][0]} tokens x {per_token} B, width {layout['shape'][1]})")
+    if layout.get("anchors"):
+        anchors = layout["anchors"]
+        print(f"pre-scorer anchors: {anchors['bytes_per_photo']:,d} B per photo "
+              f"({anchors['shape'][0]} x {anchors['shape'][1]} float32)")
     need = footprint(directory)
     print(f"serving: {_human(need.loaded)} loaded into RAM ({', '.join(need.loaded_files)}); "
           f"{_human(need.mapped)} memory-mapped or read per query from disk; {_human(need.disk)} on disk")

@@ -149,6 +149,16 @@ class GalleryIndex:
         rows = self._records.rows(_as_ids(ids))
         return torch.from_numpy(self._tokens.gather_kept(rows))
 
+    def anchors(self, ids: Any) -> Any:
+        """torch float32 `[len(ids), A, K]` stored self-attention anchors of the photos `ids` (for a
+        prescore search), or None when the index stores none (``indexer.token_store``)."""
+        import torch
+
+        if self._tokens is None or not self._tokens.has_anchors:
+            return None
+        rows = self._records.rows(_as_ids(ids))
+        return torch.from_numpy(self._tokens.gather_anchors(rows))
+
     @property
     def patch_index(self) -> Any:
         """The `PatchIndex` of an index built with `--patch-index` (opened on first use), else None."""

@@ -37,7 +37,14 @@ from indexer.manifest import (
 )
 from indexer.publish import check_target, make_staging, publish, recover, writer_lock
 from indexer.records import IDS_FILE, OFFSETS_FILE, RECORDS_FILE, ImageRecord, iter_records, write_records
-from indexer.token_store import DEFAULT_TOKEN_BYTES, TOKEN_FORMATS, empty_layout, link_segments, write_segment
+from indexer.token_store import (
+    DEFAULT_TOKEN_BYTES,
+    TOKEN_FORMATS,
+    decode,
+    empty_layout,
+    link_segments,
+    write_segment,
+)
 from models.atomic import write_json_atomic
 from models.device import inference_dtype, resolve_device
 from models.interface import LoadedModel
@@ -363,6 +370,32 @@ def _rq_chunks(codec: Any, chunks: Iterator[dict[str, np.ndarray]]) -> Iterator[
         yield {**chunk, "tokens": token_codec.encode(codec, np.asarray(chunk["tokens"], dtype=np.float32))}
 
 
+def anchor_shape(model: Any, token_format: str) -> tuple[int, int] | None:
+    """(A, K) when an index of ``model`` stores each photo's self-attention anchors, else None.
+
+    Only models with a pre-scorer read them (a ``prescoreM`` search), and only fp16 and int8 stores
+    keep them: at 4 bytes a value they would outweigh an rq store's codes several times over, and
+    an rq index is chosen to be small, so its prescore searches compute them from the tokens.
+    """
+    if getattr(model, "prescorer", None) is None or token_format not in ("fp16", "int8"):
+        return None
+    return int(model.config.num_anchors), int(model.config.kernel_dim)
+
+
+def anchor_chunks(model: Any, device: Any, chunks: Iterator[dict[str, np.ndarray]]
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """Shard chunks with ``anchors`` [b, A, K] float32 added, computed from the tokens as the store
+    will return them (``token_store.decode``), so a search reads what it would have computed."""
+    import torch
+
+    from models.prescore import float32_anchors
+
+    for chunk in chunks:
+        tokens = torch.from_numpy(decode(chunk["tokens"], chunk.get("scales"))).to(device)
+        kept = None if chunk.get("kept") is None else torch.from_numpy(chunk["kept"].astype(np.int64)).to(device)
+        yield {**chunk, "anchors": float32_anchors(model, tokens, kept).cpu().numpy()}
+
+
 def _no_photos_error(contents: _ShardContents, work_dir: Path, listed: int) -> IndexerError:
     report = work_dir / SKIPPED_FILE
     _write_skipped(report, contents.skipped)
@@ -426,10 +459,13 @@ def _assemble_build(staging: Path, shards: Sequence[Path], listing: Gallery, ids
         index = faiss_index.build_index(contents.vectors, contents.ids, factory)
     params = faiss_index.default_search_params(index)
     faiss.write_index(index, str(staging / INDEX_FILE))
-    layout = empty_layout(settings.token_format if contents.token_shape else "none", contents.token_shape,
-                          contents.kept, settings.token_bytes)
+    token_format = settings.token_format if contents.token_shape else "none"
+    layout = empty_layout(token_format, contents.token_shape, contents.kept, settings.token_bytes,
+                          anchor_shape(loaded.model, token_format))
     if layout["format"] != "none":
         chunks = _token_chunks(shards)
+        if layout["anchors"]:
+            chunks = anchor_chunks(loaded.model, loaded.device, chunks)
         if layout["format"] == "rq":
             vectors, photos, kept = _codec_samples(shards)
             transform = None if photos is None else token_metric.coding_transform(loaded.model, photos, kept)
@@ -492,6 +528,8 @@ def _assemble_add(staging: Path, directory: Path, manifest: dict[str, Any], shar
             raise IndexMismatchError(f"new tokens have shape {contents.token_shape}, the store {layout['shape']}")
         link_segments(directory, staging, layout)
         chunks = _token_chunks(shards)
+        if layout.get("anchors"):  # an index built before anchors were stored goes on without them
+            chunks = anchor_chunks(loaded.model, loaded.device, chunks)
         if layout["format"] == "rq":  # new photos in the published codec: the store stays one code space
             chunks = _rq_chunks(token_codec.load(directory), chunks)
         layout["segments"].append(write_segment(staging, layout, len(contents.ids), chunks))

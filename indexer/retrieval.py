@@ -8,7 +8,7 @@ thread runs them.
 
 A *gallery* is anything with the read side of ``indexer.GalleryIndex`` that the path uses:
 ``search(vectors [Q, D], k) -> (ids [Q, k], scores [Q, k])``, ``has_tokens``, ``tokens(ids)``,
-``kept(ids)`` and ``record(id).path``. A published index is one; :class:`EmbeddedGallery` is another,
+``kept(ids)``, ``anchors(ids)`` (stored pre-scorer anchors, or None) and ``record(id).path``. A published index is one; :class:`EmbeddedGallery` is another,
 for photos already embedded in memory (an evaluation), searched through the same FAISS index type
 that ``sbir index build`` would choose for its size.
 """
@@ -183,16 +183,31 @@ def _rescored(first: np.ndarray, top: np.ndarray, rescored: np.ndarray) -> np.nd
 def _prescored(model: Any, gallery: Any, sketch_tokens: Tokens, ids: Sequence[int] | np.ndarray, batch_size: int,
                device: torch.device, amp: bool, reranking: Reranking) -> np.ndarray:
     """The prescore stage: every photo pre-scored, the best ``prescore`` of them relation-scored in the
-    mode's precision, from one read of the shortlist's tokens."""
+    mode's precision.
+
+    With the photos' anchors stored in the index, only the chosen photos' tokens are read; else the
+    whole shortlist's tokens are read once and its anchors computed from them (the same numbers).
+    """
     from models.prescore import prescores
 
     sketch = sketch_tokens.to(device)
-    photos = photo_tokens(model, gallery, ids, device)
-    with torch.inference_mode(), autocast(device, reranking.mode.autocast_dtype(device, amp)):
-        # One call for the whole shortlist: the sketch's anchors once, and only anchors [P, A, K] to hold.
-        first = prescores(model, sketch.tokens, sketch.kept, photos.tokens, photos.kept).cpu().numpy()
-        top = np.argsort(-first, kind="stable")[: reranking.mode.prescore]
+    stored = gallery.anchors(ids) if gallery.has_tokens else None
+    count = reranking.mode.prescore
+    # The pre-scores are float32 whatever the mode (models.prescore), so no autocast around them.
+    if stored is not None:
+        with torch.inference_mode():
+            first = prescores(model, sketch.tokens, sketch.kept, stored=stored.to(device)).cpu().numpy()
+        top = np.argsort(-first, kind="stable")[:count]
+        photos = photo_tokens(model, gallery, np.asarray(ids)[top], device)  # only the chosen photos'
+        chosen = torch.arange(len(top), device=photos.tokens.device)
+    else:
+        photos = photo_tokens(model, gallery, ids, device)
+        with torch.inference_mode():
+            # One call for the whole shortlist: the sketch's anchors once, and only anchors [P, A, K] to hold.
+            first = prescores(model, sketch.tokens, sketch.kept, photos.tokens, photos.kept).cpu().numpy()
+        top = np.argsort(-first, kind="stable")[:count]
         chosen = torch.as_tensor(top, dtype=torch.long, device=photos.tokens.device)
+    with torch.inference_mode(), autocast(device, reranking.mode.autocast_dtype(device, amp)):
         scorer = model.relation_scorer(sketch.tokens, sketch.kept, reranking.int8)
         rescored = np.concatenate([
             scorer.score(photos.tokens[chosen[start:start + batch_size]],
@@ -275,6 +290,9 @@ class EmbeddedGallery:
         if self._kept is None:
             return None
         return self._kept.index_select(0, torch.as_tensor(list(ids), dtype=torch.long, device=self._kept.device))
+
+    def anchors(self, ids: Sequence[int]) -> None:
+        return None  # computed from the tokens in memory when a prescore search needs them
 
     def record(self, image_id: int) -> Any:
         raise KeyError(image_id)  # no files behind an embedded gallery; its tokens are always there

@@ -11,6 +11,12 @@ Formats (`fmt`):
 Models with token selection (`Encoded.kept` not None) also store the kept grid positions, int16
 `[N, n]`, which `relation` needs to put the tokens back on the grid.
 
+Models with a pre-scorer (`models.prescore`) also store every photo's self-attention anchors,
+float32 `[N, A, K]` (`layout["anchors"]`): they do not depend on the sketch, so a ``prescoreM``
+search reads them instead of running the downsampling conv over its whole shortlist. They are
+computed from the tokens as this store gives them back (`decode`), in float32, so a search reads
+the numbers it would have computed.
+
 A store is a list of segments (one per build or `add`), each a set of `.npy` files, so that `add`
 never rewrites the tokens already published: the new index directory hard-links the old segments.
 """
@@ -76,10 +82,25 @@ def encode_tokens(tokens: np.ndarray, fmt: str) -> dict[str, np.ndarray]:
     raise ValueError(f"unknown token format {fmt!r}")
 
 
+def decode(tokens: np.ndarray, scales: np.ndarray | None = None, codec: Any = None) -> np.ndarray:
+    """Stored arrays of some photos (float16 tokens; int8 with their `scales`; uint8 codes when
+    `codec` is an rq codec) -> float32 `[B, T, D]`: the values `TokenStore.gather` returns for them."""
+    if codec is not None:
+        return token_codec.decode(codec, tokens)
+    if scales is not None:
+        return dequantize_int8(tokens, scales)
+    import torch
+
+    # torch for the float16 -> float32 conversion: numpy's astype took about 7 of the 9 ms of
+    # reading 100 demo photos on 2 cores.
+    return torch.from_numpy(np.ascontiguousarray(tokens)).float().numpy()
+
+
 def empty_layout(fmt: str, token_shape: Sequence[int] | None, kept: int | None = None,
-                 token_bytes: int = DEFAULT_TOKEN_BYTES) -> dict[str, Any]:
+                 token_bytes: int = DEFAULT_TOKEN_BYTES, anchors: Sequence[int] | None = None) -> dict[str, Any]:
     """The manifest's `tokens` entry for a store without segments yet; `kept` = n kept positions;
-    `token_bytes`: the rq codec's budget per token."""
+    `token_bytes`: the rq codec's budget per token; `anchors` = (A, K) to store each photo's
+    self-attention anchors too (their bytes are counted apart from `bytes_per_photo`)."""
     shape = [int(value) for value in token_shape] if token_shape is not None and fmt != "none" else None
     codec = token_codec.describe(token_bytes) if fmt == "rq" and shape is not None else None
     quantization = {"int8": "symmetric absmax per token",
@@ -93,6 +114,9 @@ def empty_layout(fmt: str, token_shape: Sequence[int] | None, kept: int | None =
         "codec": codec,
         "kept": int(kept) if kept is not None and shape is not None else None,
         "bytes_per_photo": (bytes_per_photo(fmt, shape, token_bytes) + 2 * (kept or 0)) if shape is not None else 0,
+        "anchors": ({"shape": [int(value) for value in anchors], "dtype": "float32",
+                     "bytes_per_photo": 4 * int(np.prod(anchors))} if anchors is not None and shape is not None
+                    else None),
         "segments": [],
     }
 
@@ -110,7 +134,8 @@ def write_segment(
     rows: int,
     chunks: Iterable[Mapping[str, np.ndarray]],
 ) -> dict[str, Any]:
-    """Write one segment of `rows` photos from `chunks` (dicts from `encode_tokens`) into `directory`.
+    """Write one segment of `rows` photos from `chunks` (dicts from `encode_tokens`, plus `kept` and,
+    when the layout stores anchors, `anchors` [b, A, K]) into `directory`.
 
     Files are written in place: `directory` is a build's private staging folder that is published
     (or thrown away) as a whole. Returns the segment entry that is appended to `layout["segments"]`.
@@ -120,7 +145,7 @@ def write_segment(
     token_shape = stored_shape(layout)
     suffix = {"fp16": "f16", "int8": "i8", "rq": "rq"}[fmt]
     entry: dict[str, Any] = {"rows": int(rows), "tokens": f"tokens-{number:03d}.{suffix}.npy", "scales": None,
-                             "kept": None}
+                             "kept": None, "anchors": None}
     token_map = np.lib.format.open_memmap(
         directory / entry["tokens"], mode="w+", dtype=np.dtype(layout["dtype"]), shape=(rows, *token_shape)
     )
@@ -136,6 +161,12 @@ def write_segment(
         kept_map = np.lib.format.open_memmap(
             directory / entry["kept"], mode="w+", dtype=np.int16, shape=(rows, layout["kept"])
         )
+    anchor_map = None
+    if layout.get("anchors"):
+        entry["anchors"] = f"tokens-{number:03d}.anchors.npy"
+        anchor_map = np.lib.format.open_memmap(
+            directory / entry["anchors"], mode="w+", dtype=np.float32, shape=(rows, *layout["anchors"]["shape"])
+        )
     start = 0
     for chunk in chunks:
         count = len(chunk["tokens"])
@@ -148,13 +179,15 @@ def write_segment(
             scale_map[start:start + count] = chunk["scales"]
         if kept_map is not None:
             kept_map[start:start + count] = chunk["kept"]
+        if anchor_map is not None:
+            anchor_map[start:start + count] = chunk["anchors"]
         start += count
     if start != rows:
         raise ValueError(f"token segment expected {rows} rows, got {start}")
-    for mapped in (token_map, scale_map, kept_map):
+    for mapped in (token_map, scale_map, kept_map, anchor_map):
         if mapped is not None:
             mapped.flush()
-    del token_map, scale_map, kept_map
+    del token_map, scale_map, kept_map, anchor_map
     return entry
 
 
@@ -170,7 +203,7 @@ def link_segments(source: Path, target: Path, layout: Mapping[str, Any]) -> None
     """Make `layout`'s segment files of `source` appear in `target`: hard links (instant, and safe
     because segments are never modified after publication), else a copy across file systems."""
     for entry in layout["segments"]:
-        for name in (entry["tokens"], entry["scales"], entry.get("kept")):
+        for name in (entry["tokens"], entry["scales"], entry.get("kept"), entry.get("anchors")):
             if name is None:
                 continue
             link_or_copy(source / name, target / name)
@@ -226,6 +259,7 @@ class TokenStore:
         self._tokens: list[np.ndarray] = []
         self._scales: list[np.ndarray | None] = []
         self._kept: list[np.ndarray | None] = []
+        self._anchors: list[np.ndarray | None] = []
         starts = [0]
         for entry in layout["segments"]:
             tokens = np.load(directory / entry["tokens"], mmap_mode="r")
@@ -234,6 +268,7 @@ class TokenStore:
             self._tokens.append(tokens)
             self._scales.append(np.load(directory / entry["scales"], mmap_mode="r") if entry["scales"] else None)
             self._kept.append(np.load(directory / entry["kept"], mmap_mode="r") if entry.get("kept") else None)
+            self._anchors.append(np.load(directory / entry["anchors"], mmap_mode="r") if entry.get("anchors") else None)
             starts.append(starts[-1] + int(entry["rows"]))
         self._starts = np.asarray(starts, dtype=np.int64)
 
@@ -242,8 +277,7 @@ class TokenStore:
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """`rows` int64 `[K]` (0 <= row < len) -> float32 `[K, T, D]`, in the order asked."""
-        # torch for the float16 -> float32 conversion and the scatter back: numpy's astype and
-        # fancy-index assignment took about 7 of the 9 ms of reading 100 demo photos on 2 cores.
+        # torch for the scatter back (numpy's fancy-index assignment was slow too; see `decode`).
         import torch
 
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -256,15 +290,27 @@ class TokenStore:
             # Read in ascending row order (kinder to the page cache), then scatter back.
             order = np.argsort(local, kind="stable")
             will_need(self._tokens[segment], local)
-            picked = self._tokens[segment][local[order]]
             scales = self._scales[segment]
-            if self._codec is not None:
-                values = token_codec.decode(self._codec, picked)
-            elif scales is not None:
-                values = dequantize_int8(picked, scales[local[order]])
-            else:
-                values = picked
-            target.index_copy_(0, torch.from_numpy(positions[order]), torch.from_numpy(values).float())
+            values = decode(self._tokens[segment][local[order]], None if scales is None else scales[local[order]],
+                            self._codec)
+            target.index_copy_(0, torch.from_numpy(positions[order]), torch.from_numpy(values))
+        return out
+
+    @property
+    def has_anchors(self) -> bool:
+        return bool(self._anchors) and all(anchors is not None for anchors in self._anchors)
+
+    def gather_anchors(self, rows: np.ndarray) -> np.ndarray | None:
+        """float32 `[K, A, C]` self-attention anchors of `rows`, None when the store has none."""
+        if not self.has_anchors:
+            return None
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        segment_of = np.searchsorted(self._starts, rows, side="right") - 1
+        anchors = [table for table in self._anchors if table is not None]
+        out = np.empty((len(rows), *anchors[0].shape[1:]), dtype=np.float32)
+        for segment in np.unique(segment_of):
+            positions = np.nonzero(segment_of == segment)[0]
+            out[positions] = anchors[segment][rows[positions] - self._starts[segment]]
         return out
 
     @property
@@ -290,3 +336,4 @@ class TokenStore:
         self._tokens.clear()
         self._scales.clear()
         self._kept.clear()
+        self._anchors.clear()

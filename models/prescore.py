@@ -46,19 +46,32 @@ def self_attention_anchors(model: Any, tokens: torch.Tensor, kept: torch.Tensor 
 
 
 @torch.no_grad()
-def prescores(model: Any, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None,
-              photo_tokens: torch.Tensor, photo_kept: torch.Tensor | None = None) -> torch.Tensor:
-    """Pre-scores [P] float32 of one sketch (tokens [1, T', D]) against photos [P, T', D].
+def float32_anchors(model: Any, tokens: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
+    """Anchors float32 [B, A, K] of tokens [B, T', D], with autocast off: what the index stores for
+    each photo (``indexer.token_store``) and what a search computes for photos it has none of."""
+    with torch.autocast(tokens.device.type, enabled=False):
+        return self_attention_anchors(model, tokens.float(), kept).float()
 
-    The conv runs under the caller's autocast; the head in float32, as the relation head does in
-    ``models.fast_relation`` (half precision would tie photos that float32 ranks apart).
+
+@torch.no_grad()
+def prescores(model: Any, sketch_tokens: torch.Tensor, sketch_kept: torch.Tensor | None,
+              photo_tokens: torch.Tensor | None = None, photo_kept: torch.Tensor | None = None,
+              stored: torch.Tensor | None = None) -> torch.Tensor:
+    """Pre-scores [P] float32 of one sketch (tokens [1, T', D]) against P photos: their ``stored``
+    anchors [P, A, K] when the index has them, else their tokens [P, T', D].
+
+    All in float32, whatever the caller's autocast: the photos' anchors are stored that way, and a
+    half-precision head would tie photos that float32 ranks apart (as in ``models.fast_relation``).
     """
     prescorer = getattr(model, "prescorer", None)
     if prescorer is None:
         raise ValueError(f"{model.config.name}: this checkpoint has no pre-scorer (train one with "
                          "`sbir demo prescore`)")
-    sketch_anchors = self_attention_anchors(model, sketch_tokens, sketch_kept)
-    photo_anchors = self_attention_anchors(model, photo_tokens, photo_kept)
-    with torch.autocast(photo_tokens.device.type, enabled=False):
+    if stored is None:
+        if photo_tokens is None:
+            raise ValueError("prescores needs the photos' tokens or their stored anchors")
+        stored = float32_anchors(model, photo_tokens, photo_kept)
+    sketch_anchors = float32_anchors(model, sketch_tokens, sketch_kept)
+    with torch.autocast(sketch_tokens.device.type, enabled=False):
         head_dtype = prescorer.head.layers[0].weight.dtype
-        return prescorer(sketch_anchors.to(head_dtype), photo_anchors.to(head_dtype)).float()
+        return prescorer(sketch_anchors.to(head_dtype), stored.to(device=sketch_anchors.device, dtype=head_dtype)).float()
