@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
                             "synthesis (GET /explain ...?kind=synthesis&source=gallery); needs --tokens fp16|int8")
     build.add_argument("--skip-current", action="store_true",
                        help="leave --out as it is when it already indexes exactly this gallery (same files, "
-                            "sizes and mtimes) with this checkpoint")
+                            "sizes and mtimes) with this checkpoint, in this index format")
     build.add_argument("--patch-index-type", metavar="FACTORY", default=None,
                        help="FAISS factory of the patch index (default by patch count: Flat, else IVF,PQ)")
     build.add_argument("--ray", metavar="auto|local|ADDRESS", default=None,

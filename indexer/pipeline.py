@@ -427,8 +427,9 @@ def _gallery_entry(listing: Gallery, ids: np.ndarray, skipped: int) -> dict[str,
 def is_current(out: str | os.PathLike[str], gallery: str | os.PathLike[str], checkpoint: str | os.PathLike[str],
                *, root: str | os.PathLike[str] | None = None) -> bool:
     """Whether ``out`` is a published index of exactly this gallery (the same listing, sizes and
-    mtimes: ``gallery.fingerprint``) embedded with exactly this checkpoint (sha256), so that
-    ``sbir index build --skip-current`` may leave it as it is."""
+    mtimes: ``gallery.fingerprint``) embedded with exactly this checkpoint (sha256), and written
+    since the token layout records its pre-scorer anchors (an older one is rebuilt, which may add
+    them), so that ``sbir index build --skip-current`` may leave it as it is."""
     import models
 
     directory = Path(out).expanduser().absolute()
@@ -438,6 +439,7 @@ def is_current(out: str | os.PathLike[str], gallery: str | os.PathLike[str], che
     entries = manifest.get("galleries", [])
     listing = read_gallery(gallery, root)
     return (len(entries) == 1 and entries[0].get("fingerprint") == fingerprint(listing)
+            and "anchors" in manifest.get("tokens", {})
             and manifest["model"]["checkpoint_sha256"] == models.checkpoint_hash(checkpoint))
 
 

@@ -66,6 +66,13 @@ def test_skip_current_keeps_an_index_of_the_same_files_and_weights_and_rebuilds_
     assert (out / "manifest.json").read_bytes() == built  # left as it was
     make_png(gallery / "a" / "9.png", seed=41)  # a new photo: the listing changed
     assert main(build) == 0 and "3 photos" in capsys.readouterr().out
+    # An index written before the token layout recorded pre-scorer anchors is rebuilt.
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["tokens"]["anchors"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(build) == 0 and "3 photos" in capsys.readouterr().out
+    assert "anchors" in json.loads((out / "manifest.json").read_text())["tokens"]
+    assert main(build) == 0 and "up to date" in capsys.readouterr().out
 
 
 def test_summary_counts_this_runs_skipped_photos_and_add_with_nothing_new_exits_0(
