@@ -8,9 +8,10 @@ thread runs them.
 
 A *gallery* is anything with the read side of ``indexer.GalleryIndex`` that the path uses:
 ``search(vectors [Q, D], k) -> (ids [Q, k], scores [Q, k])``, ``has_tokens``, ``tokens(ids)``,
-``kept(ids)``, ``anchors(ids)`` (stored pre-scorer anchors, or None) and ``record(id).path``. A published index is one; :class:`EmbeddedGallery` is another,
-for photos already embedded in memory (an evaluation), searched through the same FAISS index type
-that ``sbir index build`` would choose for its size.
+``kept(ids)``, ``anchors(ids)`` (stored pre-scorer anchors, or None) and ``record(id).path``. A
+published index is one; :class:`EmbeddedGallery` is another, for photos already embedded in memory (an
+evaluation), searched through the same FAISS index type that ``sbir index build`` would choose for its
+size.
 """
 
 from __future__ import annotations

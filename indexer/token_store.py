@@ -302,16 +302,7 @@ class TokenStore:
 
     def gather_anchors(self, rows: np.ndarray) -> np.ndarray | None:
         """float32 `[K, A, C]` self-attention anchors of `rows`, None when the store has none."""
-        if not self.has_anchors:
-            return None
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        segment_of = np.searchsorted(self._starts, rows, side="right") - 1
-        anchors = [table for table in self._anchors if table is not None]
-        out = np.empty((len(rows), *anchors[0].shape[1:]), dtype=np.float32)
-        for segment in np.unique(segment_of):
-            positions = np.nonzero(segment_of == segment)[0]
-            out[positions] = anchors[segment][rows[positions] - self._starts[segment]]
-        return out
+        return self._gather_rows(self._anchors, rows, np.float32) if self.has_anchors else None
 
     @property
     def has_kept(self) -> bool:
@@ -319,15 +310,17 @@ class TokenStore:
 
     def gather_kept(self, rows: np.ndarray) -> np.ndarray | None:
         """int64 `[K, n]` kept grid positions of `rows`, None when the model keeps every token."""
-        if not self.has_kept:
-            return None
+        return self._gather_rows(self._kept, rows, np.int64) if self.has_kept else None
+
+    def _gather_rows(self, tables: Sequence[np.ndarray | None], rows: np.ndarray, dtype: Any) -> np.ndarray:
+        """`rows` of per-segment `tables` (none of them None) as one `dtype` array, in the order asked."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         segment_of = np.searchsorted(self._starts, rows, side="right") - 1
-        kept = [table for table in self._kept if table is not None]
-        out = np.empty((len(rows), kept[0].shape[1]), dtype=np.int64)
+        present = [table for table in tables if table is not None]
+        out = np.empty((len(rows), *present[0].shape[1:]), dtype=dtype)
         for segment in np.unique(segment_of):
             positions = np.nonzero(segment_of == segment)[0]
-            out[positions] = kept[segment][rows[positions] - self._starts[segment]]
+            out[positions] = present[segment][rows[positions] - self._starts[segment]]
         return out
 
     def close(self) -> None:
