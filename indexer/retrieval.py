@@ -189,24 +189,23 @@ def _prescored(model: Any, gallery: Any, sketch_tokens: Tokens, ids: Sequence[in
     With the photos' anchors stored in the index, only the chosen photos' tokens are read; else the
     whole shortlist's tokens are read once and its anchors computed from them (the same numbers).
     """
-    from models.prescore import prescores
+    from models.prescore import float32_anchors, prescores
 
     sketch = sketch_tokens.to(device)
     stored = gallery.anchors(ids) if gallery.has_tokens else None
-    count = reranking.mode.prescore
+    photos = None
     # The pre-scores are float32 whatever the mode (models.prescore), so no autocast around them.
-    if stored is not None:
-        with torch.inference_mode():
-            first = prescores(model, sketch.tokens, sketch.kept, stored=stored.to(device)).cpu().numpy()
-        top = np.argsort(-first, kind="stable")[:count]
+    with torch.inference_mode():
+        if stored is None:  # the whole shortlist's tokens, read once: its anchors now, the chosen ones' later
+            photos = photo_tokens(model, gallery, ids, device)
+            stored = float32_anchors(model, photos.tokens, photos.kept)
+        # One call for the whole shortlist: the sketch's anchors once, and only anchors [P, A, K] to hold.
+        first = prescores(model, sketch.tokens, sketch.kept, stored=stored.to(device)).cpu().numpy()
+    top = np.argsort(-first, kind="stable")[: reranking.mode.prescore]
+    if photos is None:
         photos = photo_tokens(model, gallery, np.asarray(ids)[top], device)  # only the chosen photos'
         chosen = torch.arange(len(top), device=photos.tokens.device)
     else:
-        photos = photo_tokens(model, gallery, ids, device)
-        with torch.inference_mode():
-            # One call for the whole shortlist: the sketch's anchors once, and only anchors [P, A, K] to hold.
-            first = prescores(model, sketch.tokens, sketch.kept, photos.tokens, photos.kept).cpu().numpy()
-        top = np.argsort(-first, kind="stable")[:count]
         chosen = torch.as_tensor(top, dtype=torch.long, device=photos.tokens.device)
     with torch.inference_mode(), autocast(device, reranking.mode.autocast_dtype(device, amp)):
         scorer = model.relation_scorer(sketch.tokens, sketch.kept, reranking.int8)

@@ -28,7 +28,7 @@ import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -314,9 +314,9 @@ class TokenStore:
 
     def _gather_rows(self, tables: Sequence[np.ndarray | None], rows: np.ndarray, dtype: Any) -> np.ndarray:
         """`rows` of per-segment `tables` (none of them None) as one `dtype` array, in the order asked."""
+        present = cast("Sequence[np.ndarray]", tables)  # the has_* property checked
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         segment_of = np.searchsorted(self._starts, rows, side="right") - 1
-        present = [table for table in tables if table is not None]
         out = np.empty((len(rows), *present[0].shape[1:]), dtype=dtype)
         for segment in np.unique(segment_of):
             positions = np.nonzero(segment_of == segment)[0]
